@@ -1,0 +1,177 @@
+"""Every configuration type of the node, in one place.
+
+One YAML file is loaded into frozen pydantic models. Unknown keys are rejected: a typo in a
+hospital's config must fail loudly at start, not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+ENV_CONFIG = "IODINE_NODE_CONFIG"
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be 1..65535")
+    return value
+
+
+def _ae_title(value: str) -> str:
+    # PS3.5 6.2 (VR AE): at most 16 characters of the default repertoire, no backslash or control
+    # characters; leading/trailing spaces are not significant, an all-space value is not allowed.
+    stripped = value.strip(" ")
+    if not stripped:
+        raise ValueError("must be 1..16 characters, not blank")
+    if len(value) > 16:
+        raise ValueError("must be at most 16 characters (PS3.5 6.2, VR AE)")
+    if any(c == "\\" or ord(c) < 0x20 or ord(c) > 0x7E for c in value):
+        raise ValueError("must be printable ASCII without backslash (PS3.5 6.2, VR AE)")
+    return stripped
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+Port = Annotated[int, AfterValidator(_port)]
+AETitle = Annotated[str, AfterValidator(_ae_title)]
+PositiveSeconds = Annotated[float, AfterValidator(_positive)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NodeSection(_Section):
+    """The node's own DICOM identity and where it listens."""
+
+    ae_title: AETitle = "IODINE_NODE"
+    bind: str = "0.0.0.0"
+    port: Port = 11112
+
+
+class StorageSection(_Section):
+    """Where the spool, the index and results live (relative paths: from the working directory)."""
+
+    root: Path = Path("var/")
+
+
+class IngestSection(_Section):
+    """How incoming studies are judged complete."""
+
+    stable_after_s: PositiveSeconds = 30.0
+
+
+class DicomDestination(_Section):
+    """A DICOM C-STORE peer that receives results."""
+
+    name: str = Field(min_length=1)
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: Port
+
+
+class NodeConfig(_Section):
+    """The whole configuration file."""
+
+    node: NodeSection = NodeSection()
+    storage: StorageSection = StorageSection()
+    ingest: IngestSection = IngestSection()
+    destinations: list[DicomDestination] = []
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "(top level)"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the key at `loc` (for listing the allowed keys)."""
+    model: Any = NodeConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", None)
+        model = args[0] if args else annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    return model
+
+
+def _describe(error: Any) -> str:
+    loc = tuple(error["loc"])
+    path = _loc_to_path(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc)
+        allowed = ", ".join(owner.model_fields) if owner else "?"
+        return f"{path}: unknown key; expected one of: {allowed}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    message = str(error["msg"])
+    # Our validators' messages are complete phrases; pydantic's own get a lower-case start.
+    message = message.removeprefix("Value error, ") if kind == "value_error" else message[0].lower() + message[1:]
+    return f"{path}: {message}, got {error.get('input')!r}"
+
+
+def parse_config(data: Any, source: str = "<config>") -> NodeConfig:
+    """Validate already-parsed YAML; raises ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"(top level): must be a mapping of sections, got {type(data).__name__}"])
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
+    """Load the YAML file at `path`, else $IODINE_NODE_CONFIG, else the built-in defaults."""
+    if path is None:
+        path = os.environ.get(ENV_CONFIG) or None
+    if path is None:
+        return NodeConfig()
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    return parse_config(data, source)
+
+
+def dump_config(config: NodeConfig) -> str:
+    """The effective configuration as YAML (defaults filled in)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

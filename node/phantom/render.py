@@ -1,0 +1,140 @@
+"""Render the analytic body into CT numbers and 124I activity concentration on scanner grids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from node.phantom.anatomy import PatientModel, Region, RigidTransform
+
+# A 124I PET point-spread of about 7 mm FWHM: the long positron range of 124I (mean ~3.4 mm,
+# Emax 2.14 MeV) on top of detector resolution; see shared/reference/iodine124.md.
+DEFAULT_PSF_FWHM_MM = 7.0
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+# Table top of the CT (scanner coordinates, posterior to the patient); not seen by PET.
+TABLE_Y_MM = (128.0, 140.0)
+TABLE_HU = 250.0
+AIR_HU = -1000.0
+
+
+@dataclass(frozen=True)
+class AxialGrid:
+    """An axial image stack: rows along +y, columns along +x, slices along z (head first)."""
+
+    columns: int
+    rows: int
+    pixel_mm: float
+    z_mm: tuple[float, ...]
+
+    @property
+    def x_mm(self) -> np.ndarray:
+        return (np.arange(self.columns) - (self.columns - 1) / 2.0) * self.pixel_mm
+
+    @property
+    def y_mm(self) -> np.ndarray:
+        return (np.arange(self.rows) - (self.rows - 1) / 2.0) * self.pixel_mm
+
+    @property
+    def slice_spacing_mm(self) -> float:
+        return abs(self.z_mm[0] - self.z_mm[1]) if len(self.z_mm) > 1 else self.pixel_mm
+
+
+def axial_positions(z_top: float, z_bottom: float, spacing: float) -> tuple[float, ...]:
+    n = int(np.floor((z_top - z_bottom) / spacing)) + 1
+    return tuple(round(z_top - i * spacing, 4) for i in range(n))
+
+
+def _index_range(coords: np.ndarray, lo: float, hi: float) -> slice:
+    """Indices of an ascending coordinate array that fall in [lo, hi] (possibly empty)."""
+    a = int(np.searchsorted(coords, lo, side="left"))
+    b = int(np.searchsorted(coords, hi, side="right"))
+    return slice(max(a - 1, 0), min(b + 1, len(coords)))
+
+
+def render_ct_slices(
+    model: PatientModel, pose: RigidTransform, grid: AxialGrid, noise_hu: float, seed: int
+) -> Iterator[np.ndarray]:
+    """CT numbers (HU, float32) slice by slice, so whole-body CT never sits in memory at once."""
+    x, y = grid.x_mm, grid.y_mm
+    painted = [(r, *pose.scanner_bbox(*r.shape.bbox())) for r in model.regions if r.hu is not None]
+    table_rows = _index_range(y, *TABLE_Y_MM)
+    for k, z in enumerate(grid.z_mm):
+        hu = np.full((grid.rows, grid.columns), AIR_HU, np.float32)
+        for region, lo, hi in painted:
+            if not lo[2] <= z <= hi[2]:
+                continue
+            rs, cs = _index_range(y, lo[1], hi[1]), _index_range(x, lo[0], hi[0])
+            yy, xx = np.meshgrid(y[rs], x[cs], indexing="ij")
+            bx, by, bz = pose.to_body(xx, yy, np.full_like(xx, z))
+            inside = region.shape.contains(bx, by, bz)
+            hu[rs, cs][inside] = region.hu
+        band = hu[table_rows]
+        band[band < -500] = TABLE_HU
+        if noise_hu > 0:
+            rng = np.random.default_rng([seed, 31, k])
+            hu += rng.normal(0.0, noise_hu, hu.shape).astype(np.float32)
+        yield hu
+
+
+def _coverage(region: Region, pose: RigidTransform, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray,
+              spacing: tuple[float, float, float], supersample: int) -> np.ndarray:
+    """Fraction of each voxel (z, y, x) inside the region, by regular sub-sampling."""
+    frac = np.zeros((len(zs), len(ys), len(xs)), np.float32)
+    offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
+    for oz in offsets:
+        for oy in offsets:
+            for ox in offsets:
+                zz, yy, xx = np.meshgrid(zs + oz * spacing[0], ys + oy * spacing[1], xs + ox * spacing[2],
+                                         indexing="ij")
+                frac += region.shape.contains(*pose.to_body(xx, yy, zz))
+    return frac / supersample**3
+
+
+def render_pet_volume(
+    model: PatientModel,
+    pose: RigidTransform,
+    grid: AxialGrid,
+    suv_to_bq_per_ml: float,
+    psf_fwhm_mm: float,
+    noise: float,
+    seed: int,
+) -> np.ndarray:
+    """Activity concentration (Bq/ml, float32, shape slices x rows x columns) as the scanner
+    reconstructs it: partial-volume sampled, blurred by the PSF, with spatially correlated noise
+    whose variance grows with the local activity (Poisson-like)."""
+    x, y = grid.x_mm, grid.y_mm
+    z_desc = np.array(grid.z_mm)
+    z = z_desc[::-1]  # ascending for searchsorted; flipped back at the end
+    spacing = (grid.slice_spacing_mm, grid.pixel_mm, grid.pixel_mm)
+    vol = np.zeros((len(z), len(y), len(x)), np.float32)
+    for region in model.regions:
+        if region.suv is None:
+            continue
+        lo, hi = pose.scanner_bbox(*region.shape.bbox())
+        zs, rs, cs = _index_range(z, lo[2], hi[2]), _index_range(y, lo[1], hi[1]), _index_range(x, lo[0], hi[0])
+        if zs.stop <= zs.start or rs.stop <= rs.start or cs.stop <= cs.start:
+            continue
+        n_vox = (zs.stop - zs.start) * (rs.stop - rs.start) * (cs.stop - cs.start)
+        # Lesions and small organs get 4^3 sub-samples (their partial volume is what is measured);
+        # large organs and the body outline are sampled at voxel centres.
+        ss = 4 if n_vox <= 40_000 else (2 if n_vox <= 400_000 else 1)
+        frac = _coverage(region, pose, x[cs], y[rs], z[zs], spacing, ss)
+        block = vol[zs, rs, cs]
+        block *= 1.0 - frac
+        block += frac * np.float32(region.suv * suv_to_bq_per_ml)
+    sigma_mm = psf_fwhm_mm * FWHM_TO_SIGMA
+    vol = ndimage.gaussian_filter(vol, sigma=[sigma_mm / s for s in spacing], mode="constant")
+    if noise > 0:
+        rng = np.random.default_rng([seed, 17])
+        white = rng.standard_normal(vol.shape, dtype=np.float32)
+        # Reconstruction correlates noise over about one voxel; renormalise to unit variance.
+        field = ndimage.gaussian_filter(white, sigma=1.0)
+        field /= max(float(field.std()), 1e-12)
+        reference = np.float32(0.5 * suv_to_bq_per_ml)  # soft-tissue level: CoV there equals `noise`
+        vol += np.float32(noise) * np.sqrt(np.maximum(vol, 0) * reference) * field
+        np.maximum(vol, 0, out=vol)
+    return vol[::-1].copy()

@@ -1,0 +1,27 @@
+"""Deterministic DICOM UIDs.
+
+Derived UIDs use the UUID form of PS3.5 B.2 ("2.25." + the UUID as an integer), built from a
+version-5 (name-based) UUID, so the same inputs always give the same UID and no OID root is needed.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+_NAMESPACE = uuid.UUID("6f1c3a52-5d3e-4b8e-9d8e-124124124124")
+
+# PS3.5 9.1: components of digits separated by '.', no leading zero in a multi-digit component,
+# at most 64 characters.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def derive_uid(*parts: object) -> str:
+    """A UID that depends only on `parts` (stable across runs and machines)."""
+    name = "\x1f".join(str(p) for p in parts)
+    return f"2.25.{uuid.uuid5(_NAMESPACE, name).int}"
+
+
+def is_valid_uid(value: object) -> bool:
+    """True for a syntactically valid UID (PS3.5 9.1); safe to use as a file or folder name."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID_RE.match(value))

@@ -1,0 +1,48 @@
+"""Shared fixtures: real peers (required in CI) and phantom studies made once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from node.phantom import PhantomOptions, PhantomResult, generate_phantom
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def require_tool(name: str) -> str:
+    """Path of a peer program. Missing: a failure in CI, a skip on a developer machine."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"peer program {name!r} is not installed (make test installs it when run as root)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Error lines dciodvfy reports for one file (its exit code says nothing)."""
+    out = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, check=False)
+    lines = (out.stdout + out.stderr).splitlines()
+    return [f"{path.name}: {line}" for line in lines if line.startswith(("Error", "Abort"))]
+
+
+@pytest.fixture(scope="session")
+def phantom_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Generate (once per session) a phantom for given options."""
+    cache: dict[PhantomOptions, PhantomResult] = {}
+
+    def make(**kwargs: object) -> PhantomResult:
+        options = PhantomOptions(**kwargs)  # type: ignore[arg-type]
+        if options not in cache:
+            out = tmp_path_factory.mktemp("phantom")
+            cache[options] = generate_phantom(out, options)
+        return cache[options]
+
+    return make

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.cli import main
+from node.config import ENV_CONFIG, ConfigError, NodeConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return info.value.problems
+
+
+def test_shipped_files_are_valid() -> None:
+    for name in ("node.yaml", "node.example.yaml"):
+        config = load_config(ROOT / "config" / name)
+        assert isinstance(config, NodeConfig)
+    example = load_config(ROOT / "config" / "node.example.yaml")
+    assert example.destinations[0].name == "pacs"
+    assert example.destinations[0].port == 104
+    assert example.ingest.stable_after_s == 30
+
+
+def test_example_documents_every_key() -> None:
+    text = (ROOT / "config" / "node.example.yaml").read_text()
+
+    def keys(model: type, prefix: str = "") -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            out.append(name)
+            ann = field.annotation
+            inner = getattr(ann, "__args__", (ann,))[0]
+            if isinstance(inner, type) and hasattr(inner, "model_fields"):
+                out += keys(inner)
+        return out
+
+    for key in keys(NodeConfig):
+        assert f"{key}:" in text, f"config/node.example.yaml does not document {key!r}"
+
+
+def test_defaults_when_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_CONFIG, raising=False)
+    config = load_config(None)
+    assert config.node.ae_title == "IODINE_NODE"
+    assert config.node.port == 11112
+    assert config.destinations == []
+
+
+def test_env_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "node: {ae_title: FROM_ENV, port: 4000}\n")
+    monkeypatch.setenv(ENV_CONFIG, str(path))
+    config = load_config(None)
+    assert (config.node.ae_title, config.node.port) == ("FROM_ENV", 4000)
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "node: {port: 4000}\n"))
+    with pytest.raises(Exception, match="frozen"):
+        config.node.port = 5  # type: ignore[misc]
+
+
+def test_port_out_of_range(tmp_path: Path) -> None:
+    text = "destinations: [{name: pacs, ae_title: PACS, host: 10.0.0.5, port: 70000}]\n"
+    assert problems(tmp_path, text) == ["destinations[0].port: must be 1..65535, got 70000"]
+
+
+def test_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
+    assert problems(tmp_path, "node: {ae_titel: X}\n") == [
+        "node.ae_titel: unknown key; expected one of: ae_title, bind, port"
+    ]
+    assert problems(tmp_path, "nodes: {}\n") == [
+        "nodes: unknown key; expected one of: node, storage, ingest, destinations"
+    ]
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    text = (
+        "node: {ae_title: 'WAY_TOO_LONG_AE_TITLE', port: 0}\n"
+        "ingest: {stable_after_s: -1}\n"
+        "destinations: [{name: pacs, host: h, port: 104}]\n"
+    )
+    assert problems(tmp_path, text) == [
+        "node.ae_title: must be at most 16 characters (PS3.5 6.2, VR AE), got 'WAY_TOO_LONG_AE_TITLE'",
+        "node.port: must be 1..65535, got 0",
+        "ingest.stable_after_s: must be > 0, got -1",
+        "destinations[0].ae_title: required key is missing",
+    ]
+
+
+def test_wrong_types_and_bad_ae_characters(tmp_path: Path) -> None:
+    assert problems(tmp_path, "node: {port: eleven}\n") == [
+        "node.port: input should be a valid integer, unable to parse string as an integer, got 'eleven'"
+    ]
+    assert problems(tmp_path, "node: {ae_title: 'A\\B'}\n") == [
+        "node.ae_title: must be printable ASCII without backslash (PS3.5 6.2, VR AE), got 'A\\\\B'"
+    ]
+    assert problems(tmp_path, "- just\n- a list\n") == ["(top level): must be a mapping of sections, got list"]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    found = problems(tmp_path, "node:\n  port: [1, 2\n")
+    assert len(found) == 1 and found[0].startswith("line 3, column 1: not valid YAML")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert problems_for_missing(tmp_path) == ["cannot read the file: No such file or directory"]
+
+
+def problems_for_missing(tmp_path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml")
+    return info.value.problems
+
+
+def test_cli_check_config_good(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "node: {port: 4000}\n")
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "port: 4000" in out and "ae_title: IODINE_NODE" in out and "stable_after_s: 30.0" in out
+
+
+def test_cli_check_config_bad_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "destinations: [{name: pacs, ae_title: PACS, host: 10.0.0.5, port: 70000}]\n")
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: invalid configuration" in err
+    assert "destinations[0].port: must be 1..65535, got 70000" in err
+
+
+def test_cli_uses_config_option_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "node: {port: 4321}\n")
+    assert main(["--config", str(path), "check-config"]) == 0
+    assert "port: 4321" in capsys.readouterr().out
+    monkeypatch.setenv(ENV_CONFIG, str(path))
+    assert main(["check-config"]) == 0
+    assert "port: 4321" in capsys.readouterr().out
