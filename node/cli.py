@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import node
-from node.config import ConfigError, dump_config, load_config
+from node.config import ConfigError, NodeConfig, dump_config, load_config
 
 EXIT_USAGE = 2
 
@@ -24,6 +25,66 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(dump_config(config), end="")
     return 0
+
+
+def _load(args: argparse.Namespace) -> NodeConfig | None:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"{exc.source}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from node.service import NodeService
+
+    config = _load(args)
+    if config is None:
+        return EXIT_USAGE
+    _setup_logging(args.log_level)
+    NodeService(config).serve_forever()
+    return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from node.index import Index
+
+    config = _load(args)
+    if config is None:
+        return EXIT_USAGE
+    index = Index(Path(config.storage.root).resolve())
+    try:
+        if args.action == "retry":
+            if args.job_id is None:
+                print("iodine-node jobs retry: give the job id", file=sys.stderr)
+                return EXIT_USAGE
+            try:
+                job = index.retry_job(args.job_id)
+            except (KeyError, ValueError) as exc:
+                print(f"iodine-node jobs retry: {exc.args[0]}", file=sys.stderr)
+                return 1
+            print(f"job {job.id} queued again (attempts so far: {job.attempts})")
+            return 0
+        jobs = index.jobs(limit=args.limit)
+        print(f"{'id':>5}  {'kind':<9} {'state':<10} {'att':>3}  {'created':<19}  study / error")
+        for j in jobs:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at))
+            print(f"{j.id:>5}  {j.kind:<9} {j.state:<10} {j.attempts:>3}  {created}  {j.study_uid}")
+            if j.error:
+                print(f"{'':>33}error: {j.error}")
+            if j.superseded_by:
+                print(f"{'':>33}superseded by job {j.superseded_by}")
+        return 0
+    finally:
+        index.close()
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -61,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration file and print the effective configuration")
     p.add_argument("config_file", nargs="?", help="the file (default: --config or $IODINE_NODE_CONFIG)")
     p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("serve", help="run the node: DICOM listener, watch folder, completion, workers")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("jobs", help="list jobs, or retry one: jobs retry ID")
+    p.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
+    p.add_argument("job_id", nargs="?", type=int)
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_cmd_jobs)
 
     p = sub.add_parser("phantom", help="generate a synthetic 124I PET/CT study with ground truth (truth.json)")
     p.add_argument("out_dir", type=Path)

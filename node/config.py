@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_CONFIG = "IODINE_NODE_CONFIG"
 
@@ -41,7 +41,14 @@ def _positive(value: float) -> float:
     return value
 
 
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError("file not found")
+    return value
+
+
 Port = Annotated[int, AfterValidator(_port)]
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 AETitle = Annotated[str, AfterValidator(_ae_title)]
 PositiveSeconds = Annotated[float, AfterValidator(_positive)]
 
@@ -50,12 +57,29 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class TLSSection(_Section):
+    """DICOM TLS (PS3.15 B.9, BCP 195 profile: TLS 1.2 or newer)."""
+
+    cert: ExistingFile
+    key: ExistingFile
+    ca: ExistingFile | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _client_cert_needs_ca(self) -> TLSSection:
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("require_client_cert needs ca (the authority that signs client certificates)")
+        return self
+
+
 class NodeSection(_Section):
     """The node's own DICOM identity and where it listens."""
 
     ae_title: AETitle = "IODINE_NODE"
     bind: str = "0.0.0.0"
     port: Port = 11112
+    tls: TLSSection | None = None
+    max_associations: Annotated[int, Field(ge=1, le=256)] = 32
 
 
 class StorageSection(_Section):
@@ -64,10 +88,37 @@ class StorageSection(_Section):
     root: Path = Path("var/")
 
 
+class AllowedCaller(_Section):
+    """A sender allowed to associate: its AE title, and optionally the host it must come from."""
+
+    ae_title: AETitle
+    host: str | None = None
+
+
 class IngestSection(_Section):
-    """How incoming studies are judged complete."""
+    """What is accepted, and how incoming studies are judged complete."""
 
     stable_after_s: PositiveSeconds = 30.0
+    force_after_s: PositiveSeconds = 3600.0
+    allowed_callers: list[AllowedCaller] = []
+    max_instance_mb: Annotated[float, Field(gt=0)] = 2048.0
+    watch_dir: Path | None = None
+    watch_settle_s: PositiveSeconds = 2.0
+    poll_s: PositiveSeconds = 1.0
+
+    @model_validator(mode="after")
+    def _force_after_stable(self) -> IngestSection:
+        if self.force_after_s <= self.stable_after_s:
+            raise ValueError(f"force_after_s ({self.force_after_s:g}) must be greater than "
+                             f"stable_after_s ({self.stable_after_s:g})")
+        return self
+
+
+class ProcessingSection(_Section):
+    """The worker processes that run jobs, apart from the listener."""
+
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    max_memory_mb: Annotated[int, Field(ge=256)] | None = None
 
 
 class DicomDestination(_Section):
@@ -85,6 +136,7 @@ class NodeConfig(_Section):
     node: NodeSection = NodeSection()
     storage: StorageSection = StorageSection()
     ingest: IngestSection = IngestSection()
+    processing: ProcessingSection = ProcessingSection()
     destinations: list[DicomDestination] = []
 
 
@@ -137,7 +189,10 @@ def _describe(error: Any) -> str:
     message = str(error["msg"])
     # Our validators' messages are complete phrases; pydantic's own get a lower-case start.
     message = message.removeprefix("Value error, ") if kind == "value_error" else message[0].lower() + message[1:]
-    return f"{path}: {message}, got {error.get('input')!r}"
+    given = error.get("input")
+    if isinstance(given, dict):  # a rule about a whole section: its message says what is wrong
+        return f"{path}: {message}"
+    return f"{path}: {message}, got {given!r}"
 
 
 def parse_config(data: Any, source: str = "<config>") -> NodeConfig:

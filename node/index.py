@@ -1,0 +1,310 @@
+"""The SQLite index: patients' studies, series, instances, and the job queue.
+
+This module alone owns the schema and its migrations. WAL mode lets the listener write while
+workers and the CLI read; synchronous=FULL makes a commit durable before the C-STORE response.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+INDEX_FILE = "index.sqlite3"
+
+# Job states. pending -> running -> done | failed; a pending job whose study received more data
+# before it ran becomes superseded (a newer job replaces it).
+PENDING, RUNNING, DONE, FAILED, SUPERSEDED = "pending", "running", "done", "failed", "superseded"
+
+# Study states.
+RECEIVING, QUEUED, NO_PET = "receiving", "queued", "no-pet"
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE studies (
+        study_uid TEXT PRIMARY KEY,
+        patient_id TEXT, issuer_of_patient_id TEXT, patient_name TEXT, patient_birth_date TEXT,
+        patient_sex TEXT, accession_number TEXT, study_date TEXT, study_time TEXT,
+        study_description TEXT, specific_character_set TEXT,
+        state TEXT NOT NULL DEFAULT 'receiving',
+        first_received REAL NOT NULL, last_received REAL NOT NULL,
+        instance_count INTEGER NOT NULL DEFAULT 0,
+        note TEXT
+    );
+    CREATE TABLE series (
+        series_uid TEXT PRIMARY KEY,
+        study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+        modality TEXT, sop_class_uid TEXT, series_number INTEGER, series_description TEXT,
+        frame_of_reference_uid TEXT, number_of_slices INTEGER, image_type TEXT,
+        corrected_image TEXT, units TEXT,
+        first_received REAL NOT NULL, last_received REAL NOT NULL,
+        instance_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX series_by_study ON series(study_uid);
+    CREATE TABLE instances (
+        sop_instance_uid TEXT PRIMARY KEY,
+        series_uid TEXT NOT NULL REFERENCES series(series_uid),
+        study_uid TEXT NOT NULL,
+        sop_class_uid TEXT, transfer_syntax_uid TEXT, instance_number INTEGER, image_index INTEGER,
+        path TEXT NOT NULL, size_bytes INTEGER, received_at REAL NOT NULL,
+        source TEXT, calling_ae TEXT
+    );
+    CREATE INDEX instances_by_series ON instances(series_uid);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL, study_uid TEXT NOT NULL, state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+        error TEXT, payload TEXT, result TEXT, warnings TEXT, superseded_by INTEGER
+    );
+    CREATE INDEX jobs_by_state ON jobs(state);
+    CREATE INDEX jobs_by_study ON jobs(study_uid);
+    """,
+)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns it."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(_MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the index keeps of one received instance (already validated)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    study_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size_bytes: int
+    modality: str = ""
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+    specific_character_set: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    frame_of_reference_uid: str = ""
+    number_of_slices: int | None = None
+    image_type: str = ""
+    corrected_image: str = ""
+    units: str = ""
+    instance_number: int | None = None
+    image_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    study_uid: str
+    state: str
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    warnings: list[str]
+    superseded_by: int | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(
+            id=row["id"], kind=row["kind"], study_uid=row["study_uid"], state=row["state"],
+            attempts=row["attempts"], created_at=row["created_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], error=row["error"],
+            payload=json.loads(row["payload"] or "{}"),
+            result=json.loads(row["result"]) if row["result"] else None,
+            warnings=json.loads(row["warnings"] or "[]"), superseded_by=row["superseded_by"],
+        )
+
+
+class Index:
+    """Thread-safe access to the index (one connection, one writer at a time in this process)."""
+
+    def __init__(self, storage_root: Path) -> None:
+        storage_root.mkdir(parents=True, exist_ok=True)
+        self.path = storage_root / INDEX_FILE
+        self._conn = connect(self.path)
+        self._lock = threading.RLock()
+        migrate(self._conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # -- instances ---------------------------------------------------------------------------
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        return bool(self.query("SELECT 1 FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)))
+
+    def add_instance(self, rec: InstanceRecord, source: str, calling_ae: str, now: float | None = None) -> bool:
+        """Index a stored instance; False if it was already there (idempotent, counted once).
+        New data re-opens a study that was queued or processed: its pending job is superseded."""
+        now = time.time() if now is None else now
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM instances WHERE sop_instance_uid=?", (rec.sop_instance_uid,)).fetchone():
+                return False
+            study = c.execute("SELECT state FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
+            if study is None:
+                c.execute(
+                    "INSERT INTO studies (study_uid, patient_id, issuer_of_patient_id, patient_name,"
+                    " patient_birth_date, patient_sex, accession_number, study_date, study_time, study_description,"
+                    " specific_character_set, state, first_received, last_received)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (rec.study_uid, rec.patient_id, rec.issuer_of_patient_id, rec.patient_name,
+                     rec.patient_birth_date, rec.patient_sex, rec.accession_number, rec.study_date,
+                     rec.study_time, rec.study_description, rec.specific_character_set, RECEIVING, now, now),
+                )
+            elif study["state"] != RECEIVING:
+                c.execute("UPDATE studies SET state=?, note=? WHERE study_uid=?",
+                          (RECEIVING, "re-opened by new instances", rec.study_uid))
+                c.execute("UPDATE jobs SET state=?, finished_at=?, error=? WHERE study_uid=? AND state=?",
+                          (SUPERSEDED, now, "new instances arrived before it ran", rec.study_uid, PENDING))
+            if not c.execute("SELECT 1 FROM series WHERE series_uid=?", (rec.series_uid,)).fetchone():
+                c.execute(
+                    "INSERT INTO series (series_uid, study_uid, modality, sop_class_uid, series_number,"
+                    " series_description, frame_of_reference_uid, number_of_slices, image_type, corrected_image,"
+                    " units, first_received, last_received) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (rec.series_uid, rec.study_uid, rec.modality, rec.sop_class_uid, rec.series_number,
+                     rec.series_description, rec.frame_of_reference_uid, rec.number_of_slices, rec.image_type,
+                     rec.corrected_image, rec.units, now, now),
+                )
+            c.execute(
+                "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid, transfer_syntax_uid,"
+                " instance_number, image_index, path, size_bytes, received_at, source, calling_ae)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rec.sop_instance_uid, rec.series_uid, rec.study_uid, rec.sop_class_uid, rec.transfer_syntax_uid,
+                 rec.instance_number, rec.image_index, rec.path, rec.size_bytes, now, source, calling_ae),
+            )
+            c.execute("UPDATE series SET instance_count=instance_count+1, last_received=? WHERE series_uid=?",
+                      (now, rec.series_uid))
+            c.execute("UPDATE studies SET instance_count=instance_count+1, last_received=? WHERE study_uid=?",
+                      (now, rec.study_uid))
+        return True
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def queue_job(self, kind: str, study_uid: str, payload: dict[str, Any], warnings: list[str],
+                  expect_last_received: float) -> int | None:
+        """Queue a job for a study that is still as it was assessed (no instance since); marks
+        the study queued and earlier finished jobs superseded. None if the study changed."""
+        now = time.time()
+        with self.transaction() as c:
+            row = c.execute("SELECT state, last_received FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+            if row is None or row["state"] != RECEIVING or row["last_received"] != expect_last_received:
+                return None
+            cur = c.execute(
+                "INSERT INTO jobs (kind, study_uid, state, created_at, payload, warnings) VALUES (?,?,?,?,?,?)",
+                (kind, study_uid, PENDING, now, json.dumps(payload), json.dumps(warnings)),
+            )
+            job_id = int(cur.lastrowid or 0)
+            c.execute("UPDATE jobs SET superseded_by=? WHERE study_uid=? AND id<>? AND superseded_by IS NULL"
+                      " AND state IN (?,?,?)", (job_id, study_uid, job_id, DONE, FAILED, RUNNING))
+            c.execute("UPDATE studies SET state=?, note=NULL WHERE study_uid=?", (QUEUED, study_uid))
+        return job_id
+
+    def set_study_state(self, study_uid: str, state: str, note: str | None,
+                        expect_last_received: float | None = None) -> bool:
+        with self.transaction() as c:
+            if expect_last_received is not None:
+                row = c.execute("SELECT last_received FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+                if row is None or row["last_received"] != expect_last_received:
+                    return False
+            c.execute("UPDATE studies SET state=?, note=? WHERE study_uid=?", (state, note, study_uid))
+        return True
+
+    def claim_job(self) -> Job | None:
+        """Take the oldest pending job (pending -> running, one more attempt)."""
+        with self.transaction() as c:
+            row = c.execute("SELECT id FROM jobs WHERE state=? ORDER BY id LIMIT 1", (PENDING,)).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE jobs SET state=?, attempts=attempts+1, started_at=?, finished_at=NULL, error=NULL"
+                      " WHERE id=?", (RUNNING, time.time(), row["id"]))
+            return Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+
+    def finish_job(self, job_id: int, result: dict[str, Any] | None, error: str | None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET state=?, finished_at=?, result=?, error=? WHERE id=?",
+                      (FAILED if error else DONE, time.time(), json.dumps(result) if result is not None else None,
+                       error, job_id))
+
+    def retry_job(self, job_id: int) -> Job:
+        """Put a failed (or done) job back in the queue; raises KeyError/ValueError with the reason."""
+        with self.transaction() as c:
+            row = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no job with id {job_id}")
+            if row["state"] in (PENDING, RUNNING):
+                raise ValueError(f"job {job_id} is {row['state']}; only failed or done jobs can be retried")
+            c.execute("UPDATE jobs SET state=?, error=NULL, finished_at=NULL WHERE id=?", (PENDING, job_id))
+            return Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+
+    def recover_after_restart(self) -> int:
+        """Jobs left running by a crash go back to pending; returns how many."""
+        with self.transaction() as c:
+            cur = c.execute("UPDATE jobs SET state=?, error=? WHERE state=?",
+                            (PENDING, "interrupted by a node restart; queued again", RUNNING))
+            return cur.rowcount
+
+    def jobs(self, limit: int = 100) -> list[Job]:
+        return [Job.from_row(r) for r in self.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def job(self, job_id: int) -> Job | None:
+        rows = self.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return Job.from_row(rows[0]) if rows else None

@@ -1,0 +1,1 @@
+"""Ingest: the C-STORE listener and the watch folder, both feeding one durable spool."""

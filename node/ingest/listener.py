@@ -1,0 +1,171 @@
+"""The DICOM front door: a pynetdicom C-ECHO and C-STORE SCP.
+
+Each C-STORE is streamed by pynetdicom into a temporary file inside the spool (never held whole in
+memory), then fsynced, linked into place and indexed before the handler returns 0x0000. Anything
+that fails answers a failure status so the sender retries; the association goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import tempfile
+import threading
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, Association, _config, evt
+from pynetdicom.sop_class import Verification
+
+from node.config import NodeConfig
+from node.ingest.ingestor import OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, IngestError, Ingestor
+from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES, TRANSFER_SYNTAXES, all_storage_sop_classes
+
+log = logging.getLogger(__name__)
+
+# A value no AE title can take (PS3.5 6.2 forbids backslash): makes a whitelist refuse everyone.
+_NOBODY = "\\"
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]  # (0000,0902) LO: 64 characters at most
+    return ds
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """Disable Nagle: without it every small DIMSE message waits for a delayed ACK (~40 ms)."""
+    with contextlib.suppress(OSError):  # not a TCP socket (never the case for DICOM over TCP)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _NodeAE(AE):
+    """An AE whose calling-AE whitelist also checks the peer's host.
+
+    pynetdicom checks `require_calling_aet` in the association's own thread while negotiating,
+    so the peer's address is that of the current thread's Association.
+    """
+
+    def __init__(self, ae_title: str, allowed: list[tuple[str, str | None]]) -> None:
+        super().__init__(ae_title=ae_title)
+        self._allowed = allowed
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        if not self._allowed:
+            return []
+        assoc = threading.current_thread()
+        host = assoc.requestor.address if isinstance(assoc, Association) else None
+        titles = [title for title, allowed_host in self._allowed if allowed_host in (None, host)]
+        return titles or [_NOBODY]
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, value: list[str]) -> None:
+        self._allowed = [(v, None) for v in value]
+
+
+def _tls_context(config: NodeConfig) -> ssl.SSLContext | None:
+    tls = config.node.tls
+    if tls is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195 (PS3.15 B.9)
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.ca:
+        ctx.load_verify_locations(str(tls.ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
+    return ctx
+
+
+class Listener:
+    def __init__(self, config: NodeConfig, ingestor: Ingestor, spool_tmp: Path) -> None:
+        self.config = config
+        self.ingestor = ingestor
+        # pynetdicom writes chunked C-STORE data with NamedTemporaryFile in tempfile's directory:
+        # point it into the spool so the received file can be linked into place on the same disk.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(spool_tmp)
+        allowed = [(c.ae_title, c.host) for c in config.ingest.allowed_callers]
+        ae = _NodeAE(config.node.ae_title, allowed)
+        ae.require_called_aet = True
+        ae.maximum_associations = config.node.max_associations
+        ae.maximum_pdu_size = 0  # no limit from our side: the sender picks (dcmtk uses 128 KiB)
+        ae.network_timeout = 120
+        ae.dimse_timeout = 120
+        ae.add_supported_context(Verification)
+        for uid in all_storage_sop_classes():
+            ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
+        self.ae = ae
+        self._server = None
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connect),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        address = (self.config.node.bind, self.config.node.port)
+        self._server = self.ae.start_server(address, block=False, evt_handlers=handlers,
+                                            ssl_context=_tls_context(self.config))
+        log.info("listening on %s:%d as %s%s", *address, self.config.node.ae_title,
+                 " (TLS)" if self.config.node.tls else "")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    # -- event handlers -------------------------------------------------------------------
+
+    @staticmethod
+    def _on_connect(event: evt.Event) -> None:
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            set_nodelay(sock)
+
+    @staticmethod
+    def _on_accepted(event: evt.Event) -> None:
+        r = event.assoc.requestor
+        log.info("association accepted from %s at %s:%s", r.ae_title, r.address, r.port)
+
+    @staticmethod
+    def _on_rejected(event: evt.Event) -> None:
+        r = event.assoc.requestor
+        log.warning("association rejected: calling AE %r at %s, called AE %r (not allowed by node.ae_title "
+                    "or ingest.allowed_callers)", r.ae_title, r.address, event.assoc.acceptor.ae_title)
+
+    @staticmethod
+    def _on_echo(event: evt.Event) -> int:
+        return 0x0000
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        r = event.assoc.requestor
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        sop_class = str(event.request.AffectedSOPClassUID or "")
+        if sop_class not in ACCEPTED_SOP_CLASSES:
+            log.warning("refused instance %s from %s: SOP Class %s not stored by this node", sop_uid[:64],
+                        r.ae_title, sop_class)
+            return _status(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class} not supported")
+        try:
+            outcome = self.ingestor.ingest(Path(event.dataset_path), source="dicom", calling_ae=r.ae_title,
+                                           context_sop_class=sop_class, affected_sop_uid=sop_uid)
+        except IngestError as exc:
+            log.warning("refused instance %s from %s at %s: %s (status 0x%04X)", sop_uid[:64], r.ae_title,
+                        r.address, exc.reason, exc.status)
+            return _status(exc.status, exc.reason)
+        except Exception as exc:
+            log.exception("could not store instance %s from %s", sop_uid[:64], r.ae_title)
+            return _status(OUT_OF_RESOURCES, f"not stored: {type(exc).__name__}: {exc}")
+        if not outcome.stored:
+            log.debug("duplicate instance %s from %s: already stored", sop_uid, r.ae_title)
+        return 0x0000

@@ -1,0 +1,104 @@
+"""Run queued jobs in a pool of worker processes, so a crash or memory blow-up in processing
+never takes down the listener. A job whose worker dies is marked failed with the reason."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import resource
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from node.index import Index, Job
+from node.pipeline import JobError, run_job
+
+log = logging.getLogger(__name__)
+
+
+def _limit_memory(max_memory_mb: int | None) -> None:
+    if max_memory_mb:
+        limit = max_memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+class JobRunner:
+    def __init__(self, index: Index, storage_root: Path, workers: int, max_memory_mb: int | None = None,
+                 poll_s: float = 0.5) -> None:
+        self.index = index
+        self.storage_root = storage_root
+        self.workers = workers
+        self.max_memory_mb = max_memory_mb
+        self.poll_s = poll_s
+        self._pool: ProcessPoolExecutor | None = None
+        self._running: dict[Future[dict], Job] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: the listener's threads and sockets are not forked into workers.
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_limit_memory, initargs=(self.max_memory_mb,))
+
+    def worker_pids(self) -> list[int]:
+        pool = self._pool
+        return list(pool._processes.keys()) if pool is not None and pool._processes else []  # noqa: SLF001
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._collect()
+                while len(self._running) < self.workers:
+                    job = self.index.claim_job()
+                    if job is None:
+                        break
+                    self._submit(job)
+            except Exception:
+                log.exception("job runner error")
+            self._stop.wait(self.poll_s)
+
+    def _submit(self, job: Job) -> None:
+        if self._pool is None:
+            self._pool = self._new_pool()
+        log.info("job %d started: %s of study %s (attempt %d)", job.id, job.kind, job.study_uid, job.attempts)
+        future = self._pool.submit(run_job, job.kind, str(self.storage_root), job.study_uid, job.payload)
+        self._running[future] = job
+
+    def _collect(self) -> None:
+        broken = False
+        for future in [f for f in self._running if f.done()]:
+            job = self._running.pop(future)
+            elapsed = time.time() - (job.started_at or time.time())
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                broken = True
+                self.index.finish_job(job.id, None, "worker process died while running the job "
+                                                    "(killed, crashed or out of memory)")
+                log.error("job %d failed: its worker process died", job.id)
+            except JobError as exc:
+                self.index.finish_job(job.id, None, str(exc))
+                log.error("job %d failed: %s", job.id, exc)
+            except MemoryError:
+                self.index.finish_job(job.id, None, f"out of memory (processing.max_memory_mb={self.max_memory_mb})")
+                log.error("job %d failed: out of memory", job.id)
+            except Exception as exc:
+                self.index.finish_job(job.id, None, f"{type(exc).__name__}: {exc}")
+                log.exception("job %d failed", job.id)
+            else:
+                self.index.finish_job(job.id, result, None)
+                log.info("job %d done in %.1f s: study %s", job.id, elapsed, job.study_uid)
+        if broken and self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

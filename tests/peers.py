@@ -1,0 +1,242 @@
+"""Real processes for tests: the node itself (`iodine-node serve`), dcmtk tools, Orthanc.
+
+Every dcmtk tool and Orthanc runs with TCP_NODELAY=1 (shared/reference/dicom-network-performance.md).
+Orthanc 1.10 has no bind-address option: it is run with RemoteAccessAllowed false and only the
+listed modalities (host-checked) allowed, and is only ever addressed on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import require_tool
+
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def run_dcmtk(tool: str, args: Sequence[str], timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    exe = require_tool(tool)
+    result = subprocess.run([exe, *args], capture_output=True, text=True, env=PEER_ENV, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{tool} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class NodeProcess:
+    """`iodine-node serve` in its own process group, on a free loopback port."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                 ae_title: str = "IODINE_NODE") -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.ae_title = ae_title
+        self.root = workdir / "var"
+        base: dict[str, Any] = {
+            "node": {"ae_title": ae_title, "bind": "127.0.0.1", "port": self.port},
+            "storage": {"root": str(self.root)},
+            "ingest": {"stable_after_s": 1.0, "force_after_s": 120, "poll_s": 0.2},
+        }
+        for section, values in (config or {}).items():
+            if isinstance(values, dict):
+                base.setdefault(section, {}).update(values)
+            else:
+                base[section] = values
+        self.config_path = workdir / "node.yaml"
+        self.config_path.write_text(yaml.safe_dump(base), encoding="utf-8")
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "node.log"
+        self._log_offset = 0
+
+    def start(self, timeout: float = 30) -> NodeProcess:
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen([sys.executable, "-m", "node", "--config", str(self.config_path), "serve"],
+                                     stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+                                     start_new_session=True)
+        log.close()
+        wait_for(lambda: "listening on" in self.log() or self.proc.poll() is not None, timeout, "the node to listen")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"node exited at start:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[self._log_offset:].decode("utf-8", "replace")
+
+    def full_log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        """Crash the node and its workers at once (SIGKILL to the whole process group)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # leftover workers
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "node", "--config", str(self.config_path), *args],
+                              capture_output=True, text=True, cwd=self.workdir, timeout=60, check=False)
+
+    def db(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        conn = sqlite3.connect(f"file:{self.root / 'index.sqlite3'}?mode=ro", uri=True, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def instance_count(self, study_uid: str | None = None) -> int:
+        if study_uid is None:
+            return int(self.db("SELECT COUNT(*) FROM instances")[0][0])
+        return int(self.db("SELECT COUNT(*) FROM instances WHERE study_uid=?", (study_uid,))[0][0])
+
+    def jobs(self) -> list[sqlite3.Row]:
+        return self.db("SELECT * FROM jobs ORDER BY id")
+
+    def storescu(self, paths: Sequence[str | Path], *extra: str, calling_ae: str = "STORESCU",
+                 timeout: float = 300) -> subprocess.CompletedProcess:
+        args = ["-aet", calling_ae, "-aec", self.ae_title, *extra, "127.0.0.1", str(self.port)]
+        return run_dcmtk("storescu", [*args[:-2], "+sd", "+r", *args[-2:], *map(str, paths)], timeout=timeout)
+
+    def echoscu(self, *extra: str, calling_ae: str = "ECHOSCU",
+                called_ae: str | None = None) -> subprocess.CompletedProcess:
+        return run_dcmtk("echoscu", ["-aet", calling_ae, "-aec", called_ae or self.ae_title, *extra,
+                                     "127.0.0.1", str(self.port)], timeout=60)
+
+
+def pid_children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+class Orthanc:
+    """A real Orthanc (Debian package) playing the hospital PACS."""
+
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None,
+                 plugins: Sequence[str] = ()) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.aet = aet
+        config = {
+            "Name": "iodine-node-test-pacs",
+            "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowEcho": False,
+            "DicomAlwaysAllowStore": False,
+            "DicomCheckModalityHost": True,
+            "DicomModalities": modalities or {},
+            "Plugins": list(plugins),
+            "SyncStorageArea": True,
+        }
+        self.config_path = workdir / "orthanc.json"
+        self.config_path.write_text(json.dumps(config, indent=1))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30) -> Orthanc:
+        exe = require_tool("Orthanc")
+        log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen([exe, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                     env=PEER_ENV, start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"Orthanc exited:\n{(self.workdir / 'orthanc.log').read_text()[-3000:]}")
+            try:
+                self.get("/system")
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, timeout, "Orthanc's REST API")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: bytes | dict[str, Any] | list[Any] | str,
+             content_type: str = "application/json") -> Any:
+        if isinstance(body, bytes):
+            data = body
+        else:
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method="POST",
+                                     headers={"Content-Type": content_type})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
