@@ -1,7 +1,10 @@
 """The SQLite index: patients' studies, series, instances, and the job queue.
 
 This module alone owns the schema and its migrations. WAL mode lets the listener write while
-workers and the CLI read; synchronous=FULL makes a commit durable before the C-STORE response.
+workers and the CLI read. synchronous=NORMAL: a commit survives a process crash (kill -9) at once
+and is flushed at checkpoints; after a power loss the last commits may roll back, so the spool,
+whose files are fsynced before any acknowledgement, is the durable record and start-up
+reconciliation re-indexes any instance file the index lost (see docs/durability.md).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn

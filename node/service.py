@@ -38,9 +38,10 @@ class NodeService:
         timers need no re-arming: they are computed from the index's receive times."""
         removed = self.spool.clear_temp()
         requeued = self.index.recover_after_restart()
-        if removed or requeued:
-            log.warning("recovered after restart: %d partial file(s) removed, %d interrupted job(s) queued again",
-                        removed, requeued)
+        reindexed = self.ingestor.reconcile()
+        if removed or requeued or reindexed:
+            log.warning("recovered after restart: %d partial file(s) removed, %d interrupted job(s) queued again, "
+                        "%d stored instance(s) re-indexed", removed, requeued, reindexed)
 
     def start(self) -> None:
         self.recover()

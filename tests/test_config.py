@@ -77,10 +77,10 @@ def test_port_out_of_range(tmp_path: Path) -> None:
 
 def test_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
     assert problems(tmp_path, "node: {ae_titel: X}\n") == [
-        "node.ae_titel: unknown key; expected one of: ae_title, bind, port"
+        "node.ae_titel: unknown key; expected one of: ae_title, bind, port, tls, max_associations"
     ]
     assert problems(tmp_path, "nodes: {}\n") == [
-        "nodes: unknown key; expected one of: node, storage, ingest, destinations"
+        "nodes: unknown key; expected one of: node, storage, ingest, processing, destinations"
     ]
 
 

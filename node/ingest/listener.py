@@ -132,6 +132,9 @@ class Listener:
         sock = getattr(event.assoc.dul.socket, "socket", None)
         if sock is not None:
             set_nodelay(sock)
+        # pynetdicom's DUL reactor naps 1 ms whenever its queue is empty, which adds up to a
+        # millisecond to every C-STORE response; 0.1 ms keeps latency low at little idle cost.
+        event.assoc.dul._run_loop_delay = 0.0001  # noqa: SLF001
 
     @staticmethod
     def _on_accepted(event: evt.Event) -> None:

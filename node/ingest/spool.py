@@ -77,10 +77,12 @@ class Spool:
                 n += 1
         return n
 
-    def commit(self, temp: Path, final: Path) -> bool:
+    def commit(self, temp: Path, final: Path, synced: bool = False) -> bool:
         """Make `temp` durable at `final`. False when `final` already exists (the instance was
-        stored before: idempotent). `temp` itself is left for the caller to remove."""
-        fsync_file(temp)
+        stored before: idempotent). `temp` itself is left for the caller to remove; `synced` says
+        the caller already fsynced it."""
+        if not synced:
+            fsync_file(temp)
         _makedirs_durable(final.parent)
         try:
             os.link(temp, final)  # atomic create-if-absent: concurrent duplicates cannot clobber

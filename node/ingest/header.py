@@ -1,0 +1,160 @@
+"""Fast header scan: pick a few top-level values out of a Part 10 file without parsing the rest.
+
+pydicom's dcmread and its lazy element access cost about 1 ms a file, the largest share of a
+C-STORE here. This scanner walks the element headers of a little-endian dataset (PS3.5 7.1:
+explicit VR with 2- or 4-byte lengths, implicit VR; undefined lengths with items and delimiters,
+PS3.5 7.5) and decodes only the wanted values; text that may use the Specific Character Set goes
+through pydicom's own decoder. Anything it does not
+handle (big endian, deflate, a malformed stream) returns None and the caller falls back to dcmread.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED = 0xFFFFFFFF
+_U16 = struct.Struct("<HH")
+_U32 = struct.Struct("<I")
+_U16L = struct.Struct("<H")
+_TEXT_VRS = {"SH", "LO", "PN", "LT", "ST", "UT", "UC"}  # may use the Specific Character Set
+_PN_DELIMITERS = {0x5C, 0x3D, 0x5E}  # backslash, '=', '^' (PS3.5 6.1.2.5.3)
+_TEXT_DELIMITERS = {0x5C}
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _element(buf: mmap.mmap | bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, vr, value length, value offset) of the element at pos."""
+    if pos + 8 > len(buf):
+        raise _Malformed("element header past the end")
+    group, elem = _U16.unpack_from(buf, pos)
+    tag = (group << 16) | elem
+    if implicit or group == 0xFFFE:  # items and delimiters have no VR in either encoding
+        return tag, None, _U32.unpack_from(buf, pos + 4)[0], pos + 8
+    vr = bytes(buf[pos + 4:pos + 6])
+    if vr in _LONG_VRS:
+        if pos + 12 > len(buf):
+            raise _Malformed("element header past the end")
+        return tag, vr, _U32.unpack_from(buf, pos + 8)[0], pos + 12
+    return tag, vr, _U16L.unpack_from(buf, pos + 6)[0], pos + 8
+
+
+def _skip_undefined(buf: mmap.mmap | bytes, pos: int, implicit: bool, depth: int = 0) -> int:
+    """Offset just past the sequence (or encapsulated data) whose value starts at pos."""
+    if depth > 16:
+        raise _Malformed("sequences nested too deep")
+    while True:
+        tag, _, length, value = _element(buf, pos, True)
+        if tag == _SEQ_END:
+            return value
+        if tag != _ITEM:
+            raise _Malformed(f"expected an item, found ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        if length != _UNDEFINED:
+            pos = value + length
+            continue
+        pos = value  # an item of undefined length: a nested dataset up to the item delimiter
+        while True:
+            tag, _, length, value = _element(buf, pos, implicit)
+            if tag == _ITEM_END:
+                pos = value
+                break
+            pos = _skip_undefined(buf, value, implicit, depth + 1) if length == _UNDEFINED else value + length
+
+
+HeaderValue = str | int | None
+
+
+def _decode(tag: int, vr: str, raw: bytes, encodings: list[str]) -> HeaderValue:
+    """One element's value as ingest needs it: text with trailing padding removed (multi-valued
+    joined with a backslash, as in DICOM), integers for US/IS."""
+    if vr == "US":
+        return _U16L.unpack_from(raw, 0)[0] if len(raw) >= 2 else None
+    if vr in _TEXT_VRS:
+        text = decode_bytes(raw, encodings, _PN_DELIMITERS if vr == "PN" else _TEXT_DELIMITERS)
+    else:
+        text = raw.decode("ascii", errors="strict")
+    text = text.rstrip("\0 ").lstrip(" " if vr not in _TEXT_VRS else "")
+    if vr == "IS":
+        return int(text) if text else None
+    return text
+
+
+def scan_values(path: Path, keywords: tuple[str, ...]) -> dict[str, HeaderValue] | None:
+    """The wanted top-level values of a little-endian Part 10 file (file meta's TransferSyntaxUID
+    and MediaStorageSOPClassUID included), or None when the caller must use pydicom."""
+    raw = _scan(path, keywords)
+    if raw is None:
+        return None
+    meta, found, _ = raw
+    try:
+        charset = found.get(0x00080005)
+        terms = charset.value.decode("ascii").strip("\0 ").split("\\") if charset else []
+        encodings = convert_encodings([t.strip() for t in terms] or None)
+        out: dict[str, HeaderValue] = {}
+        for tag, elem in found.items():
+            vr = elem.VR or dictionary_VR(tag)
+            out[keyword_for_tag(tag)] = _decode(tag, vr, elem.value, encodings)
+        for tag in (0x00020002, 0x00020010):
+            if tag in meta:
+                out[keyword_for_tag(tag)] = _decode(tag, "UI", meta[tag].value, encodings)
+    except (UnicodeDecodeError, ValueError, LookupError, struct.error):
+        return None
+    return out
+
+
+def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement],
+                                                           bool] | None:
+    wanted = {int(Tag(k)) for k in keywords}
+    last = max(wanted)
+    with open(path, "rb") as fh:
+        try:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # empty file
+            return None
+    try:
+        if len(buf) < 132 or buf[128:132] != b"DICM":
+            return None
+        meta: dict[int, RawDataElement] = {}
+        pos = 132
+        while pos + 8 <= len(buf) and _U16L.unpack_from(buf, pos)[0] == 0x0002:
+            tag, vr, length, value = _element(buf, pos, False)
+            meta[tag] = RawDataElement(Tag(tag), vr.decode() if vr else None, length, bytes(buf[value:value + length]),
+                                       value, False, True)
+            pos = value + length
+        ts_raw = meta.get(0x00020010)
+        ts = UID(ts_raw.value.decode("ascii").strip("\0 ")) if ts_raw else UID("")
+        if not ts or ts in (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian):
+            return None
+        implicit = ts == ImplicitVRLittleEndian
+        found: dict[int, RawDataElement] = {}
+        while pos < len(buf):
+            tag, vr, length, value = _element(buf, pos, implicit)  # raises when cut short
+            if tag > last or tag == _PIXEL_DATA:
+                break
+            if length == _UNDEFINED:
+                pos = _skip_undefined(buf, value, implicit)
+                continue
+            if value + length > len(buf):
+                raise _Malformed("value past the end")
+            if tag in wanted:
+                found[tag] = RawDataElement(Tag(tag), vr.decode() if vr else None, length,
+                                            bytes(buf[value:value + length]), value, implicit, True)
+            pos = value + length
+    except (_Malformed, struct.error, UnicodeDecodeError):
+        return None
+    finally:
+        buf.close()
+    return meta, found, implicit
