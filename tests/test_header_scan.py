@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pydicom
-from pydicom.filewriter import dcmwrite
 import pytest
+from pydicom.filewriter import dcmwrite
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from node.index import Index
