@@ -1,0 +1,1 @@
+"""Quantification: a pure core over numpy arrays and small frozen dataclasses."""
