@@ -87,6 +87,100 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         index.close()
 
 
+def _dicom_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _cmd_suv(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pydicom
+    import SimpleITK as sitk
+
+    from node.quant.study import settings_from_config
+    from node.quant.suv import SuvError, compute_suv
+    from node.quant.volume import VolumeError, assemble
+
+    config = _load(args)
+    if config is None:
+        return EXIT_USAGE
+    files = _dicom_files(Path(args.series_dir))
+    try:
+        datasets = [pydicom.dcmread(f) for f in files]
+    except Exception as exc:  # noqa: BLE001 - reported with the folder
+        print(f"iodine-node suv: {args.series_dir}: cannot read DICOM: {exc}", file=sys.stderr)
+        return 1
+    series = {str(d.get("SeriesInstanceUID", "")) for d in datasets}
+    if len(series) != 1:
+        print(f"iodine-node suv: {args.series_dir} holds {len(series)} series; give the folder of one PET series",
+              file=sys.stderr)
+        return 1
+    try:
+        volume, order = assemble(datasets, f"series in {args.series_dir}")
+        ordered = [datasets[i] for i in order]
+        calc = compute_suv(ordered, settings_from_config(config.quantification).suv)
+    except (VolumeError, SuvError) as exc:
+        print(f"iodine-node suv: {exc}", file=sys.stderr)
+        return 1
+    suv = volume.with_array(volume.array * np.asarray(calc.factors, np.float32)[:, None, None])
+    sitk.WriteImage(suv.to_sitk(), str(args.output))
+    factors = sorted(set(calc.factors))
+    print(f"SUVbw factor: {factors[0]:.10g}" + (f" .. {factors[-1]:.10g} (per slice)" if len(factors) > 1 else "")
+          + f" (g per {'Bq/ml' if calc.units == 'BQML' else calc.units} unit)")
+    for line in calc.derivation:
+        print(f"  {line}")
+    for line in calc.warnings:
+        print(f"  warning: {line}")
+    print(f"wrote {args.output} ({' x '.join(str(n) for n in suv.array.shape[::-1])}, "
+          f"spacing {', '.join(f'{s:.3g}' for s in suv.spacing)} mm)")
+    return 0
+
+
+def _cmd_process(args: argparse.Namespace) -> int:
+    from node.quant.study import StudyError, group_by_study, process_study, settings_from_config, write_study_outputs
+    from node.quant.suv import SuvError
+    from node.quant.volume import VolumeError
+    from node.uids import is_valid_uid
+
+    config = _load(args)
+    if config is None:
+        return EXIT_USAGE
+    settings = settings_from_config(config.quantification)
+    studies, skipped = group_by_study(_dicom_files(Path(args.input_dir)))
+    for line in skipped:
+        print(f"skipped (not DICOM): {line}", file=sys.stderr)
+    if not studies:
+        print(f"iodine-node process: no DICOM studies under {args.input_dir}", file=sys.stderr)
+        return 1
+    failed = 0
+    for study_uid, series in studies.items():
+        if not is_valid_uid(study_uid):
+            print(f"study {study_uid[:70]!r}: invalid StudyInstanceUID, not processed", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            results = process_study(series, settings)
+        except (StudyError, SuvError, VolumeError) as exc:
+            print(f"study {study_uid}: cannot be processed: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        written = write_study_outputs(Path(args.output) / study_uid, results)
+        for result, doc in results:
+            print(f"study {study_uid}  PET series {result.pet_series_uid}")
+            print(f"  SUVbw factor {result.suv.factors[0]:.6g}, uptake {doc['uptake_time_h']} h, "
+                  f"{len(doc['lesions'])} foci, {sum(1 for x in doc['lesions'] if x['iodine_avid'])} iodine-avid")
+            print(f"  {'id':>3} {'label':<30} {'site':<26} {'SUVmax':>7} {'SUVpeak':>7} {'ml':>7} {'%IA':>8} "
+                  f"{'LBR':>6} avid")
+            for les in doc["lesions"]:
+                ia = les["percent_injected_activity"]
+                ia_text = f"{ia:>8.4f}" if ia is not None else f"{'-':>8}"
+                print(f"  {les['id']:>3} {les['label']:<30} {les['site']:<26} {les['suv_max']:>7.2f} "
+                      f"{les['suv_peak']:>7.2f} {les['volume_ml']:>7.2f} {ia_text} "
+                      f"{les['lesion_to_background']:>6.1f} {'yes' if les['iodine_avid'] else 'no'}")
+        for path in written:
+            print(f"  wrote {path}")
+    return 1 if failed else 0
+
+
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from node.phantom import PhantomOptions, generate_phantom
 
@@ -132,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", nargs="?", type=int)
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser("suv", help="write the SUVbw volume of one PET series (NIfTI) and explain the factor")
+    p.add_argument("series_dir", type=Path)
+    p.add_argument("--output", type=Path, required=True, help="e.g. suv.nii.gz")
+    p.set_defaults(func=_cmd_suv)
+
+    p = sub.add_parser("process", help="quantify every study under INPUT_DIR offline (results.json, lesions.csv)")
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("--output", type=Path, required=True)
+    p.set_defaults(func=_cmd_process)
 
     p = sub.add_parser("phantom", help="generate a synthetic 124I PET/CT study with ground truth (truth.json)")
     p.add_argument("out_dir", type=Path)

@@ -7,11 +7,16 @@ hospital's config must fail loudly at start, not silently fall back to a default
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from node.quant.detect import DetectionSettings, SegmentationSettings
+from node.quant.measure import AvidSettings
+from node.quant.study import DEFAULT_EXCLUDE
 
 ENV_CONFIG = "IODINE_NODE_CONFIG"
 
@@ -130,6 +135,85 @@ class DicomDestination(_Section):
     port: Port
 
 
+_DET = DetectionSettings()
+_SEG = SegmentationSettings()
+_AVID = AvidSettings()
+PositiveFloat = Annotated[float, Field(gt=0)]
+Percent = Annotated[float, Field(gt=0, lt=100)]
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc})") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+class SuvSection(_Section):
+    """How SUV is derived where headers leave a choice (shared/reference/suv.md)."""
+
+    time_only_administration_days_before: Annotated[int, Field(ge=0, le=30)] | None = None
+
+
+class DetectionSection(_Section):
+    """Which local maxima become foci."""
+
+    min_peak_suv: PositiveFloat = _DET.min_peak_suv
+    min_contrast: PositiveFloat = _DET.min_contrast
+    min_delta_suv: PositiveFloat = _DET.min_delta_suv
+    min_reference_ratio: PositiveFloat = _DET.min_reference_ratio
+    background_shell_mm: tuple[PositiveFloat, PositiveFloat] = _DET.background_shell_mm
+    min_volume_ml: PositiveFloat = _DET.min_volume_ml
+    max_lesions: Annotated[int, Field(ge=1, le=5000)] = _DET.max_lesions
+    split_touching: bool = _DET.split_touching
+
+
+class SegmentationSection(_Section):
+    """How each focus is delineated."""
+
+    method: Literal["adaptive", "percent_max", "fixed_suv", "jentzen"] = "adaptive"
+    percent: Percent = _SEG.percent
+    fixed_suv: PositiveFloat = _SEG.fixed_suv
+    jentzen_a_ml_percent: float = _SEG.jentzen_a_ml_percent
+    jentzen_b_percent: float = _SEG.jentzen_b_percent
+    jentzen_c_percent: float = _SEG.jentzen_c_percent
+    max_radius_mm: PositiveFloat = _SEG.max_radius_mm
+
+
+class AvidSection(_Section):
+    """When a lesion is called iodine-avid."""
+
+    lbr_threshold: PositiveFloat = _AVID.lbr_threshold
+    reference_factor: PositiveFloat = _AVID.reference_factor
+
+
+class RecoveryPoint(_Section):
+    """One sphere of the site's recovery-coefficient measurement."""
+
+    volume_ml: PositiveFloat
+    rc: Annotated[float, Field(gt=0, le=1.5)]
+
+
+class SeriesSection(_Section):
+    """Which PET series are quantified (regular expressions on SeriesDescription)."""
+
+    include_description: list[Regex] = []
+    exclude_description: list[Regex] = list(DEFAULT_EXCLUDE)
+
+
+class QuantificationSection(_Section):
+    suv: SuvSection = SuvSection()
+    detection: DetectionSection = DetectionSection()
+    segmentation: SegmentationSection = SegmentationSection()
+    avid: AvidSection = AvidSection()
+    partial_volume: list[RecoveryPoint] | None = None
+    series: SeriesSection = SeriesSection()
+
+
 class NodeConfig(_Section):
     """The whole configuration file."""
 
@@ -137,6 +221,7 @@ class NodeConfig(_Section):
     storage: StorageSection = StorageSection()
     ingest: IngestSection = IngestSection()
     processing: ProcessingSection = ProcessingSection()
+    quantification: QuantificationSection = QuantificationSection()
     destinations: list[DicomDestination] = []
 
 

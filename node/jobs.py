@@ -14,6 +14,7 @@ from pathlib import Path
 
 from node.index import Index, Job
 from node.pipeline import JobError, run_job
+from node.quant.study import QuantSettings
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,10 @@ def _limit_memory(max_memory_mb: int | None) -> None:
 
 
 class JobRunner:
-    def __init__(self, index: Index, storage_root: Path, workers: int, max_memory_mb: int | None = None,
-                 poll_s: float = 0.5) -> None:
+    def __init__(self, index: Index, storage_root: Path, workers: int, settings: QuantSettings,
+                 max_memory_mb: int | None = None, poll_s: float = 0.5) -> None:
         self.index = index
+        self.settings = settings
         self.storage_root = storage_root
         self.workers = workers
         self.max_memory_mb = max_memory_mb
@@ -72,7 +74,8 @@ class JobRunner:
         if self._pool is None:
             self._pool = self._new_pool()
         log.info("job %d started: %s of study %s (attempt %d)", job.id, job.kind, job.study_uid, job.attempts)
-        future = self._pool.submit(run_job, job.kind, str(self.storage_root), job.study_uid, job.payload)
+        future = self._pool.submit(run_job, job.kind, str(self.storage_root), job.study_uid, job.payload,
+                                   self.settings)
         self._running[future] = job
 
     def _collect(self) -> None:
@@ -98,7 +101,9 @@ class JobRunner:
                 log.exception("job %d failed", job.id)
             else:
                 self.index.finish_job(job.id, result, None)
-                log.info("job %d done in %.1f s: study %s", job.id, elapsed, job.study_uid)
+                found = ", ".join(f"{s['lesions']} foci ({s['metastases']} metastases, {s['avid']} avid)"
+                                  for s in result.get("series", []))
+                log.info("job %d done in %.1f s: study %s: %s", job.id, elapsed, job.study_uid, found or "-")
         if broken and self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

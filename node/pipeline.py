@@ -1,7 +1,7 @@
 """What a job does, run inside a worker process (never in the listener's process).
 
-`quantify` checks the selected series against the spool and records what it will process;
-the quantification stage plugs in here.
+`quantify` runs the same study pipeline as `iodine-node process` on the series the completion
+rules selected, and writes results under storage.root/results/<StudyInstanceUID>/.
 """
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydicom
+
 from node.index import INDEX_FILE
+from node.quant.study import QuantSettings, SeriesFiles, StudyError, process_study, write_study_outputs
+from node.quant.suv import SuvError
+from node.quant.volume import VolumeError
+from node.uids import is_valid_uid
 
 # Fault injection for tests of crash recovery: a job sleeps this long before it works.
 FAULT_SLEEP_ENV = "IODINE_NODE_FAULT_JOB_SLEEP_S"
@@ -28,35 +34,54 @@ def _series_files(conn: sqlite3.Connection, root: Path, series_uid: str) -> list
     return [root / r[0] for r in rows]
 
 
-def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any]) -> dict[str, Any]:
+def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
+                 settings: QuantSettings) -> dict[str, Any]:
+    if not is_valid_uid(study_uid):
+        raise JobError(f"invalid StudyInstanceUID {study_uid!r}")
     conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
     try:
-        selected: list[dict[str, Any]] = []
-        for pet_uid in payload.get("pet_series", []):
-            files = _series_files(conn, storage_root, pet_uid)
+        wanted = list(payload.get("pet_series", []))
+        for cts in payload.get("ct_series", {}).values():
+            wanted += [c for c in cts if c not in wanted]
+        series: dict[str, SeriesFiles] = {}
+        for uid in wanted:
+            files = _series_files(conn, storage_root, uid)
             missing = [f.name for f in files if not f.is_file()]
             if missing:
-                raise JobError(f"PET series {pet_uid}: {len(missing)} indexed file(s) missing from the spool, "
+                raise JobError(f"series {uid}: {len(missing)} indexed file(s) missing from the spool, "
                                f"e.g. {missing[0]}")
-            cts = payload.get("ct_series", {}).get(pet_uid, [])
-            selected.append({
-                "pet_series_instance_uid": pet_uid,
-                "pet_instances": len(files),
-                "ct_series_instance_uids": cts,
-                "ct_instances": sum(len(_series_files(conn, storage_root, c)) for c in cts),
-            })
-        if not selected:
-            raise JobError(f"study {study_uid}: no PET series selected")
-        return {"study_instance_uid": study_uid, "selected": selected}
+            if files:
+                series[uid] = SeriesFiles(uid, pydicom.dcmread(files[0], stop_before_pixels=True), files)
     finally:
         conn.close()
+    try:
+        results = process_study(series, settings)
+    except (StudyError, SuvError, VolumeError) as exc:
+        raise JobError(str(exc)) from None
+    out_dir = storage_root / "results" / study_uid
+    written = write_study_outputs(out_dir, results)
+    summary = []
+    for result, doc in results:
+        lesions = doc["lesions"]
+        summary.append({
+            "pet_series_instance_uid": result.pet_series_uid,
+            "ct_series_instance_uid": result.ct_series_uid,
+            "pet_instances": len(result.pet_sop_uids),
+            "lesions": len(lesions),
+            "metastases": sum(1 for les in lesions if les["label"] == "metastasis"),
+            "avid": sum(1 for les in lesions if les["iodine_avid"]),
+            "seconds": doc["seconds"],
+        })
+    return {"study_instance_uid": study_uid, "results_dir": str(out_dir.relative_to(storage_root)),
+            "files": [str(p.relative_to(storage_root)) for p in written], "series": summary}
 
 
-def run_job(kind: str, storage_root: str, study_uid: str, payload: dict[str, Any]) -> dict[str, Any]:
+def run_job(kind: str, storage_root: str, study_uid: str, payload: dict[str, Any],
+            settings: QuantSettings) -> dict[str, Any]:
     """Entry point in the worker process."""
     delay = float(os.environ.get(FAULT_SLEEP_ENV, "0") or 0)
     if delay > 0:
         time.sleep(delay)
     if kind == "quantify":
-        return run_quantify(Path(storage_root), study_uid, payload)
+        return run_quantify(Path(storage_root), study_uid, payload, settings)
     raise JobError(f"unknown job kind {kind!r}")

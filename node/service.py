@@ -15,6 +15,7 @@ from node.ingest.spool import Spool
 from node.ingest.watch import WatchFolder
 from node.jobs import JobRunner
 from node.monitor import CompletionMonitor
+from node.quant.study import settings_from_config
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class NodeService:
         self.listener = Listener(config, self.ingestor, self.spool.tmp)
         self.monitor = CompletionMonitor(self.index, config.ingest.stable_after_s, config.ingest.force_after_s,
                                          config.ingest.poll_s)
-        self.runner = JobRunner(self.index, self.root, config.processing.workers, config.processing.max_memory_mb)
+        self.runner = JobRunner(self.index, self.root, config.processing.workers,
+                                settings_from_config(config.quantification), config.processing.max_memory_mb)
         self.watch = (WatchFolder(Path(config.ingest.watch_dir), self.spool, self.ingestor,
                                   config.ingest.watch_settle_s) if config.ingest.watch_dir else None)
 

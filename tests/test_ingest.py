@@ -95,8 +95,13 @@ def test_push_study_stores_bytes_and_queues_one_job(node, study) -> None:
     assert payload["pet_series"] == [study.truth["series"]["pet"]["series_instance_uid"]]
     assert payload["ct_series"] == {payload["pet_series"][0]: [study.truth["series"]["ct"]["series_instance_uid"]]}
     result_json = json.loads(jobs[0]["result"])
-    assert result_json["selected"][0]["pet_instances"] == study.truth["series"]["pet"]["instances"]
-    assert result_json["selected"][0]["ct_instances"] == study.truth["series"]["ct"]["instances"]
+    (series,) = result_json["series"]
+    assert series["pet_instances"] == study.truth["series"]["pet"]["instances"]
+    assert series["ct_series_instance_uid"] == study.truth["series"]["ct"]["series_instance_uid"]
+    results = json.loads((n.root / result_json["results_dir"] / "results.json").read_text())
+    assert results["study_instance_uid"] == uid and results["schema"] == "iodine-node/results/v1"
+    assert series["metastases"] >= 8 and series["lesions"] == len(results["lesions"])
+    assert "foci (" in n.log() and f"study {uid}" in n.log()
     # Sending the same study again stores nothing twice and queues nothing new.
     again = n.storescu([study.out_dir / "PT"])
     assert again.returncode == 0

@@ -196,8 +196,9 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
             activity_mbq_at_administration=at_admin / 1e6 if at_admin is not None else None,
             percent_injected_activity=(100.0 * at_admin / scale.injected_activity_bq if at_admin is not None
                                        else None),
-            lesion_to_background=lbr, background_suv=bg, mean_hu=mean_hu, iodine_avid=avid_flag if
-            label in ("metastasis", "remnant") else False, voxels=n, elongation=elongation, mask_label=focus.label, partial_volume=pvc,
+            lesion_to_background=lbr, background_suv=bg, mean_hu=mean_hu,
+            iodine_avid=avid_flag if label in ("metastasis", "remnant") else False, voxels=n,
+            elongation=elongation, mask_label=focus.label, partial_volume=pvc,
         ))
     # Number lesions: metastases first (strongest first), then remnant, then physiological.
     rank = {"metastasis": 0, "remnant": 1}

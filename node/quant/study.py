@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +38,26 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class QuantSettings:
-    suv: SuvSettings = SuvSettings()
-    detection: DetectionSettings = DetectionSettings()
-    segmentation: SegmentationSettings = SegmentationSettings()
-    avid: AvidSettings = AvidSettings()
+    suv: SuvSettings = field(default_factory=SuvSettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
+    avid: AvidSettings = field(default_factory=AvidSettings)
     recovery: tuple[tuple[float, float], ...] | None = None
     include_description: tuple[str, ...] = ()
     exclude_description: tuple[str, ...] = DEFAULT_EXCLUDE
+
+
+def settings_from_config(section: Any) -> QuantSettings:
+    """QuantSettings from the configuration's `quantification` section."""
+    return QuantSettings(
+        suv=SuvSettings(**section.suv.model_dump()),
+        detection=DetectionSettings(**section.detection.model_dump()),
+        segmentation=SegmentationSettings(**section.segmentation.model_dump()),
+        avid=AvidSettings(**section.avid.model_dump()),
+        recovery=tuple((p.volume_ml, p.rc) for p in section.partial_volume) if section.partial_volume else None,
+        include_description=tuple(section.series.include_description),
+        exclude_description=tuple(section.series.exclude_description),
+    )
 
 
 @dataclass
@@ -264,3 +279,33 @@ def quantify_files(pet_paths: Sequence[Path], ct_paths: Sequence[Path] | None, s
     pet = [pydicom.dcmread(p) for p in pet_paths]
     ct = [pydicom.dcmread(p) for p in ct_paths] if ct_paths else None
     return quantify_series(pet, ct, settings)
+
+
+def process_study(series: dict[str, SeriesFiles], settings: QuantSettings) -> list[tuple[SeriesResult,
+                                                                                       dict[str, Any]]]:
+    """Quantify every selected PET series of one study; StudyError when none can be."""
+    pairs, notes = select_series(series, settings)
+    if not pairs:
+        raise StudyError("no quantifiable PET series: " + ("; ".join(notes) or "the study holds no PET series"))
+    pairs.sort(key=lambda p: -len(p[0].paths))  # the primary series (most slices) first
+    out = []
+    for pet, ct in pairs:
+        result = quantify_files(pet.paths, ct.paths if ct else None, settings)
+        out.append((result, results_document(result, settings, notes)))
+    return out
+
+
+def write_study_outputs(out_dir: Path, results: Sequence[tuple[SeriesResult, dict[str, Any]]]) -> list[Path]:
+    """results.json + lesions.csv of the primary PET series in out_dir; further series in
+    out_dir/<PET SeriesInstanceUID>/. Written to a temporary folder first, then moved in place."""
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    written = []
+    for n, (result, doc) in enumerate(results):
+        target = staging if n == 0 else staging / result.pet_series_uid
+        written += [out_dir / p.relative_to(staging) for p in write_results(target, doc)]
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return written
