@@ -168,6 +168,7 @@ class DetectionSection(_Section):
     min_reference_ratio: PositiveFloat = _DET.min_reference_ratio
     background_shell_mm: tuple[PositiveFloat, PositiveFloat] = _DET.background_shell_mm
     min_volume_ml: PositiveFloat = _DET.min_volume_ml
+    max_volume_ml: PositiveFloat = _DET.max_volume_ml
     max_lesions: Annotated[int, Field(ge=1, le=5000)] = _DET.max_lesions
     split_touching: bool = _DET.split_touching
 

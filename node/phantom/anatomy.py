@@ -231,7 +231,7 @@ def _background_regions() -> list[Region]:
     for side in (-1, 1):
         add(f"kidney_{'lr'[side > 0]}", B, Ellipsoid((75 * side, 50, -600), (30, 25, 55)), 35, 1.5, "kidney")
     add("colon_transverse", P, Ellipsoid((0, -60, -640), (110, 22, 22)), 0, 2.5, "bowel")
-    add("colon_descending", P, EllipticCylinder((110, 0), (22, 22), -820, -640), 0, 2.0, "bowel")
+    add("colon_descending", P, EllipticCylinder((105, -25), (20, 20), -760, -640), 0, 2.0, "bowel")
     add("bladder", P, Ellipsoid((0, -40, -870), (45, 38, 35)), 10, 35.0, "bladder")
 
     # Skeleton: cortical shells with cancellous bone inside.

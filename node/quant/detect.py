@@ -28,6 +28,7 @@ class DetectionSettings:
     min_reference_ratio: float = 2.5
     background_shell_mm: tuple[float, float] = (15.0, 30.0)
     min_volume_ml: float = 0.05
+    max_volume_ml: float = 1000.0  # larger regions are diffuse uptake, not a focus
     max_lesions: int = 300
     split_touching: bool = True
 
@@ -184,7 +185,8 @@ def detect_foci(suv_vol: Volume, body: np.ndarray | None, det: DetectionSettings
             consumed[seed] = True
             continue
         grown_ml = float(region.sum()) * suv_vol.voxel_ml
-        if grown_ml > 20.0 and grown_ml > 4.0 * float(provisional.sum()) * suv_vol.voxel_ml:
+        if grown_ml > det.max_volume_ml or (grown_ml > 20.0
+                                            and grown_ml > 4.0 * float(provisional.sum()) * suv_vol.voxel_ml):
             consumed[box] |= region  # the threshold fell below a neighbouring organ: diffuse, not focal
             continue
         n = len(foci) + 1
@@ -193,21 +195,29 @@ def detect_foci(suv_vol: Volume, body: np.ndarray | None, det: DetectionSettings
         if len(foci) >= det.max_lesions:
             break
     if det.split_touching:
-        labels, foci = _split_touching(suv_vol, labels, foci, seeds, det)
+        smooth = ndimage.gaussian_filter(suv, sigma=1.0)  # saddles judged without noise bumps
+        labels, foci = _split_touching(suv_vol, smooth, labels, foci, seeds, det)
     return labels, foci
 
 
-def _split_touching(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], seeds: np.ndarray,
+SPLIT_MIN_DISTANCE_MM = 12.0  # about two PSF widths apart
+SPLIT_SADDLE_RATIO = 0.85  # the dip between them (smoothed), relative to the lower maximum
+
+
+def _split_touching(suv_vol: Volume, smooth: np.ndarray, labels: np.ndarray, foci: list[Focus], seeds: np.ndarray,
                     det: DetectionSettings) -> tuple[np.ndarray, list[Focus]]:
-    """A region holding two distinct maxima (each clearly above the saddle between them) is two
-    lesions: split it by a marker watershed on the inverted SUV."""
-    suv = suv_vol.array
+    """A region holding two distinct maxima (at least SPLIT_MIN_DISTANCE_MM apart, with the smoothed
+    SUV between them dipping below SPLIT_SADDLE_RATIO of the lower one) is two lesions: split it
+    by a marker watershed on the inverted SUV. Noise bumps on a large organ are not maxima of this kind."""
+    raw = suv_vol.array
+    suv = smooth
+    spacing = np.array(suv_vol.spacing[::-1])
     out_labels = labels.copy()
     out: list[Focus] = []
     next_label = len(foci) + 1
     for focus in foci:
         members = [tuple(s) for s in seeds if labels[tuple(s)] == focus.label]
-        strong = [m for m in members if suv[m] - focus.threshold_suv >= det.min_delta_suv]
+        strong = [m for m in members if raw[m] - focus.threshold_suv >= det.min_delta_suv]
         if len(strong) < 2:
             out.append(focus)
             continue
@@ -216,14 +226,17 @@ def _split_touching(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], seed
         local = region[bbox]
         markers = np.zeros(local.shape, np.uint32)
         kept = []
-        for m in sorted(strong, key=lambda p: -suv[p]):
+        for m in sorted(strong, key=lambda p: -raw[p]):
             rel = tuple(a - b.start for a, b in zip(m, bbox, strict=True))
             # Distinct only if the straight path to every kept maximum dips well below both peaks.
             distinct = True
             for other, _ in kept:
+                if np.linalg.norm((np.array(rel) - np.array(other)) * spacing) < SPLIT_MIN_DISTANCE_MM:
+                    distinct = False
+                    break
                 line = np.linspace(np.array(rel), np.array(other), 20).round().astype(int)
                 saddle = float(suv[bbox][tuple(line.T)].min())
-                if saddle > 0.9 * min(suv[bbox][rel], suv[bbox][other]):
+                if saddle > SPLIT_SADDLE_RATIO * min(suv[bbox][rel], suv[bbox][other]):
                     distinct = False
                     break
             if distinct:
@@ -232,7 +245,7 @@ def _split_touching(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], seed
         if len(kept) < 2:
             out.append(focus)
             continue
-        image = sitk.GetImageFromArray((-suv[bbox]).astype(np.float32))
+        image = sitk.GetImageFromArray((-suv_vol.array[bbox]).astype(np.float32))
         ws = sitk.GetArrayFromImage(sitk.MorphologicalWatershedFromMarkers(
             image, sitk.GetImageFromArray(markers), markWatershedLine=False, fullyConnected=True))
         ws[~local] = 0
@@ -246,6 +259,6 @@ def _split_touching(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], seed
             sub = out_labels[bbox]
             sub[part] = lab
             seed = tuple(a + b.start for a, b in zip(rel, bbox, strict=True))
-            out.append(Focus(lab, seed, float(suv[seed]), focus.seed_background_suv, focus.threshold_suv))
+            out.append(Focus(lab, seed, float(suv_vol.array[seed]), focus.seed_background_suv, focus.threshold_suv))
     out.sort(key=lambda f: -f.peak_suv)
     return out_labels, out

@@ -121,13 +121,15 @@ def classify(centroid: np.ndarray, volume_ml: float, mean_hu: float | None, elon
     if z < base + 40 and not in_bone:  # abdomen and pelvis
         if z < base - 250 and abs(dx) < 50 and volume_ml > 30 and mean_hu is not None and -30 < mean_hu < 40:
             return "physiological:bladder", "pelvis"
-        if base - 150 < z and dx > 10 and volume_ml > 15 and (mean_hu is None or mean_hu < 100):
-            return "physiological:stomach", "upper abdomen"
-        if z < base - 40 and elongation >= 2.5 and volume_ml > 5:
-            return "physiological:bowel", "abdomen"
         if (base - 160 < z < base - 20 and 45 < abs(dx) < 120 and y > lm.body_centre_y + 15
                 and partner(max_dz=60, tol_x=30)):
             return "physiological:kidney", "retroperitoneum"
+        # The stomach lies in the left upper abdomen, anterior (kidneys are posterior).
+        if base - 150 < z and dx > 10 and y < lm.body_centre_y and volume_ml > 15 and (mean_hu is None
+                                                                                       or mean_hu < 100):
+            return "physiological:stomach", "upper abdomen"
+        if z < base - 40 and elongation >= 2.0 and volume_ml > 5:
+            return "physiological:bowel", "abdomen"
     if in_bone:
         return "metastasis", "bone"
     if in_lung:

@@ -162,7 +162,7 @@ def quantify_series(pet: Sequence[Dataset], ct: Sequence[Dataset] | None, settin
     ct_on_pet: Volume | None = None
     if ct:
         ct_vol, _ = assemble(ct, f"CT series {ct[0].get('SeriesInstanceUID', '')}", dtype=np.int16)
-        ct_on_pet = resample_like(ct_vol.with_array(ct_vol.array.astype(np.float32)), pet_vol, -1000.0)
+        ct_on_pet = resample_like(ct_vol, pet_vol, -1000.0)
         del ct_vol
     seconds["load"] = time.perf_counter() - t
 
@@ -276,8 +276,9 @@ def write_results(out_dir: Path, document: dict[str, Any]) -> list[Path]:
 
 
 def quantify_files(pet_paths: Sequence[Path], ct_paths: Sequence[Path] | None, settings: QuantSettings) -> SeriesResult:
-    pet = [pydicom.dcmread(p) for p in pet_paths]
-    ct = [pydicom.dcmread(p) for p in ct_paths] if ct_paths else None
+    """Headers are read first; pixel data slice by slice while the volumes are filled."""
+    pet = [pydicom.dcmread(p, stop_before_pixels=True) for p in pet_paths]
+    ct = [pydicom.dcmread(p, stop_before_pixels=True) for p in ct_paths] if ct_paths else None
     return quantify_series(pet, ct, settings)
 
 

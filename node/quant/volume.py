@@ -181,7 +181,9 @@ def sort_planes(datasets: Sequence[Dataset], label: str) -> tuple[list[_Plane], 
 
 def assemble(datasets: Sequence[Dataset], label: str, dtype: type = np.float32) -> tuple[Volume, list[int]]:
     """A volume of rescaled values (PET: Bq/ml or the unit of Units; CT: HU); also the dataset
-    index of each slice, in volume order, for per-slice factors such as SUV."""
+    index of each slice, in volume order, for per-slice factors such as SUV. Datasets read with
+    stop_before_pixels are fine: their pixels are then read from their files one at a time, so a
+    whole-body CT never sits in memory twice."""
     planes, geometry = sort_planes(datasets, label)
     first = datasets[planes[0].source]
     out = np.empty((len(planes), int(first.Rows), int(first.Columns)), dtype)
@@ -189,6 +191,8 @@ def assemble(datasets: Sequence[Dataset], label: str, dtype: type = np.float32) 
     for k, plane in enumerate(planes):
         ds = datasets[plane.source]
         try:
+            if "PixelData" not in ds and getattr(ds, "filename", None):
+                ds = pydicom.dcmread(ds.filename)
             if plane.frame is None:
                 pixels = ds.pixel_array
             else:
@@ -203,12 +207,16 @@ def assemble(datasets: Sequence[Dataset], label: str, dtype: type = np.float32) 
     return geometry.with_array(out), [p.source for p in planes]
 
 
-def read_series(paths: Sequence[str], label: str) -> list[Dataset]:
-    return [pydicom.dcmread(p) for p in paths]
-
-
 def resample_like(moving: Volume, reference: Volume, default: float) -> Volume:
-    """`moving` on the grid of `reference` (linear interpolation), e.g. CT on the PET grid."""
-    resampled = sitk.Resample(moving.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkLinear, default,
-                              sitk.sitkFloat32)
+    """`moving` on the grid of `reference` (linear interpolation, float32), e.g. CT on the PET grid.
+    CT stays int16 until resampled."""
+    image = sitk.GetImageFromArray(moving.array)  # a copy in the array's own type (int16 for CT)
+    image.SetOrigin(moving.origin)
+    image.SetSpacing(moving.spacing)
+    image.SetDirection(moving.direction)
+    grid = sitk.Image([int(n) for n in reference.array.shape[::-1]], sitk.sitkUInt8)
+    grid.SetOrigin(reference.origin)
+    grid.SetSpacing(reference.spacing)
+    grid.SetDirection(reference.direction)
+    resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
     return reference.with_array(sitk.GetArrayFromImage(resampled))
