@@ -121,7 +121,7 @@ def _slices(ph, n: int = 12) -> list[pydicom.Dataset]:
 def test_volume_assembly_rules(phantom_factory) -> None:
     ph = phantom_factory(seed=1, vendor="siemens", noise=0.15)
     ds = _slices(ph)
-    vol, order = assemble(list(reversed(ds)), "PET test")  # any input order
+    vol, _order = assemble(list(reversed(ds)), "PET test")  # any input order
     z = [vol.index_to_lps(np.array([k, 0, 0]))[2] for k in range(len(ds))]
     assert np.all(np.diff(z) > 0) and vol.spacing[2] == pytest.approx(4.0)
     first = ds[0]
@@ -129,11 +129,11 @@ def test_volume_assembly_rules(phantom_factory) -> None:
     with pytest.raises(VolumeError, match=r"PET test: gap of 8\.000 mm .* missing slice"):
         assemble(ds[:5] + ds[6:], "PET test")
     with pytest.raises(VolumeError, match="duplicate slice"):
-        assemble(ds + [ds[3]], "PET test")
+        assemble([*ds, ds[3]], "PET test")
     tilted = pydicom.dcmread(ph.pet_files[20])
     tilted.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
     with pytest.raises(VolumeError, match="different ImageOrientationPatient"):
-        assemble(ds + [tilted], "PET test")
+        assemble([*ds, tilted], "PET test")
     with pytest.raises(VolumeError, match="a single image is not a volume"):
         assemble(ds[:1], "PET test")
     small = pydicom.dcmread(ph.ct_files[0])
