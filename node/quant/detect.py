@@ -217,7 +217,7 @@ def _split_touching(suv_vol: Volume, smooth: np.ndarray, labels: np.ndarray, foc
     next_label = len(foci) + 1
     for focus in foci:
         members = [tuple(s) for s in seeds if labels[tuple(s)] == focus.label]
-        strong = [m for m in members if raw[m] - focus.threshold_suv >= det.min_delta_suv]
+        strong = [m for m in members if raw[m] >= focus.threshold_suv]  # distinctness is judged below
         if len(strong) < 2:
             out.append(focus)
             continue
