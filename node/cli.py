@@ -163,7 +163,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
             print(f"study {study_uid}: cannot be processed: {exc}", file=sys.stderr)
             failed += 1
             continue
-        written = write_study_outputs(Path(args.output) / study_uid, results)
+        written = write_study_outputs(Path(args.output) / study_uid, results, settings)
         for result, doc in results:
             print(f"study {study_uid}  PET series {result.pet_series_uid}")
             print(f"  SUVbw factor {result.suv.factors[0]:.6g}, uptake {doc['uptake_time_h']} h, "

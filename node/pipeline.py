@@ -59,7 +59,7 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
     except (StudyError, SuvError, VolumeError) as exc:
         raise JobError(str(exc)) from None
     out_dir = storage_root / "results" / study_uid
-    written = write_study_outputs(out_dir, results)
+    written = write_study_outputs(out_dir, results, settings)
     summary = []
     for result, doc in results:
         lesions = doc["lesions"]

@@ -296,16 +296,21 @@ def process_study(series: dict[str, SeriesFiles], settings: QuantSettings) -> li
     return out
 
 
-def write_study_outputs(out_dir: Path, results: Sequence[tuple[SeriesResult, dict[str, Any]]]) -> list[Path]:
-    """results.json + lesions.csv of the primary PET series in out_dir; further series in
-    out_dir/<PET SeriesInstanceUID>/. Written to a temporary folder first, then moved in place."""
+def write_study_outputs(out_dir: Path, results: Sequence[tuple[SeriesResult, dict[str, Any]]],
+                        settings: QuantSettings | None = None) -> list[Path]:
+    """results.json + lesions.csv + the DICOM objects (seg.dcm, sr.dcm, sc-N.dcm) of the primary PET
+    series in out_dir; further series in out_dir/<PET SeriesInstanceUID>/. Written to a temporary
+    folder first, then moved in place."""
+    from node.encode.objects import build_objects, write_objects  # encode depends on this module
     staging = out_dir.with_name(out_dir.name + ".partial")
     if staging.exists():
         shutil.rmtree(staging)
     written = []
     for n, (result, doc) in enumerate(results):
         target = staging if n == 0 else staging / result.pet_series_uid
-        written += [out_dir / p.relative_to(staging) for p in write_results(target, doc)]
+        files = write_results(target, doc)
+        files += write_objects(target, build_objects(result, doc, settings or QuantSettings()))
+        written += [out_dir / p.relative_to(staging) for p in files]
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)

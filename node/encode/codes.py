@@ -1,0 +1,63 @@
+"""Coded concepts used in the result objects (shared/reference/dicom-results.md; PS3.16)."""
+
+from __future__ import annotations
+
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+# Private coding scheme for quantities with no standard concept (PS3.16 8.2: designators starting
+# with "99" are private); declared in each SR's Coding Scheme Identification Sequence.
+PRIVATE_SCHEME = "99IODINE"
+PRIVATE_SCHEME_NAME = "iodine-node private concepts"
+ACTIVITY_AT_SCAN = Code("ACT-SCAN", PRIVATE_SCHEME, "Lesion activity at scan reference time")
+ACTIVITY_AT_ADMIN = Code("ACT-ADMIN", PRIVATE_SCHEME, "Lesion activity decay-corrected to administration")
+PERCENT_IA = Code("PCT-IA", PRIVATE_SCHEME, "Percent of injected activity")
+IODINE_AVID = Code("IODINE-AVID", PRIVATE_SCHEME, "Iodine-avid")
+REFERENCE_SOFT_TISSUE = Code("REF-SOFT-TISSUE", PRIVATE_SCHEME, "Soft-tissue reference SUVbw")
+
+SUVBW = codes.DCM.Suvbw  # DCM 126401 "SUVbw"
+MAXIMUM = codes.SCT.Maximum  # SCT 56851009
+MEAN = codes.SCT.Mean  # SCT 373098007
+PEAK = codes.DCM.PeakValueWithinROI  # DCM 126031
+VOLUME = codes.SCT.Volume  # SCT 118565006
+METABOLIC_VOLUME = codes.DCM.MetabolicVolume  # DCM 126032
+TOTAL_LESION_UPTAKE = codes.DCM.TotalLesionGlycolysis  # DCM 126033, here SUVmean x volume of 124I
+LBR = codes.DCM.LesionToBackgroundSUVRatio  # DCM 126039
+LBR_BACKGROUND = codes.DCM.BackgroundForLesionToBackgroundSUVRatio  # DCM 126040
+YES, NO = codes.SCT.Yes, codes.SCT.No
+
+# UCUM units
+UNIT_SUVBW = Code("g/ml{SUVbw}", "UCUM", "Standardized Uptake Value body weight")
+UNIT_ML = Code("ml", "UCUM", "milliliter")
+UNIT_G = Code("g", "UCUM", "gram")
+UNIT_RATIO = Code("1", "UCUM", "no units")
+UNIT_MBQ = Code("MBq", "UCUM", "megabecquerel")
+UNIT_PERCENT = Code("%", "UCUM", "percent")
+
+# Segments (SEG) and findings (SR)
+MORPHOLOGICALLY_ABNORMAL = codes.SCT.MorphologicallyAbnormalStructure  # SCT 49755003
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure  # SCT 91723000
+TISSUE = codes.SCT.Tissue  # SCT 85756007
+LESION = codes.SCT.Lesion  # SCT 52988006
+THYROID = codes.SCT.Thyroid  # SCT 69748006
+
+ORGANS: dict[str, Code] = {
+    "salivary gland": codes.SCT.SalivaryGland,  # 385294005
+    "stomach": codes.SCT.Stomach,  # 69695003
+    "bowel": codes.SCT.Colon,  # 71854001
+    "kidney": codes.SCT.Kidney,  # 64033007
+    "bladder": codes.SCT.UrinaryBladderStructure,  # 89837001
+    "nasal mucosa": codes.SCT.Nose,  # 45206002
+}
+
+SITES: dict[str, Code] = {
+    "lung": codes.SCT.Lung,  # 39607008
+    "bone": codes.SCT.Bone,  # 272673000
+    "neck": codes.SCT.Neck,  # 45048000
+    "mediastinum / chest wall": codes.SCT.Mediastinum,  # 72410000
+    "abdomen / pelvis": codes.SCT.AbdomenAndPelvis,  # 818982008
+    "thyroid bed": codes.SCT.Thyroid,  # 69748006
+}
+
+# 124I PET/CT of the whole body (SCT 702767007 PET of whole body; the radionuclide is in the SR).
+PROCEDURE = codes.SCT.PositronEmissionTomographyOfWholeBody

@@ -1,0 +1,50 @@
+"""All result objects of one quantified PET series, written beside results.json."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from node.encode.identity import ResultIdentity, settings_digest
+from node.encode.sc import build_sc
+from node.encode.seg import build_seg
+from node.encode.sr import build_sr
+from node.quant.study import QuantSettings, SeriesResult
+
+
+def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSettings) -> list[tuple[str, Dataset]]:
+    """[(kind, dataset)]: SEG (when there are foci), SR, one or more SC pages."""
+    identity = ResultIdentity(result.pet_series_uid, result.ct_series_uid, settings_digest(settings))
+    source = result.pet_headers[0]
+    charset = source.get("SpecificCharacterSet")  # carried over so names keep their encoding
+    charset = list(charset) if charset is not None and not isinstance(charset, str) else charset
+    uptake = doc.get("uptake_time_h")
+    time_point = f"{source.get('StudyDate', '')} ({uptake:.0f} h after 124I administration)" if uptake is not None \
+        else str(source.get("StudyDate", ""))
+    out: list[tuple[str, Dataset]] = []
+    seg = build_seg(result, identity, charset)
+    if seg is not None:
+        out.append(("seg", seg))
+    out.append(("sr", build_sr(result, identity, seg, time_point, charset)))
+    out += [("sc", sc) for sc in build_sc(result, doc, identity, charset)]
+    return out
+
+
+def write_objects(out_dir: Path, objects: Sequence[tuple[str, Dataset]]) -> list[Path]:
+    """seg.dcm, sr.dcm, sc-1.dcm, sc-2.dcm ... (names from the kind, never from DICOM values)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    pages = 0
+    for kind, ds in objects:
+        if kind == "sc":
+            pages += 1
+            name = f"sc-{pages}.dcm"
+        else:
+            name = f"{kind}.dcm"
+        path = out_dir / name
+        ds.save_as(path, enforce_file_format=True)
+        written.append(path)
+    return written
