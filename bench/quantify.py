@@ -35,13 +35,26 @@ def main() -> int:
         print(f"  {stage:<8} {seconds:6.2f} s")
     print(f"  total    {total:6.2f} s   (target <= 10 s)")
     print(f"  peak RSS {peak_mb:6.0f} MB  (target <= 1500 MB)")
+    import tempfile
+
+    from node.encode.objects import build_objects, write_objects
+
+    t = time.perf_counter()
+    objects = build_objects(result, doc, QuantSettings())
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_objects(Path(tmp), objects)
+        encode_s = time.perf_counter() - t
+        sizes = {p.name: p.stat().st_size / 1e6 for p in paths}
+    print(f"  encode   {encode_s:6.2f} s   (target <= 3 s): " + ", ".join(f"{k} {v:.2f} MB" for k, v in sizes.items())
+          + "  (SEG target <= 2 MB)")
     labels: dict[str, int] = {}
     for les in doc["lesions"]:
         labels[les["label"]] = labels.get(les["label"], 0) + 1
     print(f"  foci: {len(doc['lesions'])} {labels}")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "quantify.json").write_text(json.dumps({"seconds": result.seconds, "total_s": total,
-                                                   "peak_rss_mb": peak_mb, "labels": labels}, indent=1))
+                                                   "peak_rss_mb": peak_mb, "labels": labels, "encode_s": encode_s,
+                                                   "sizes_mb": sizes}, indent=1))
     return 0
 
 

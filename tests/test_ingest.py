@@ -101,6 +101,9 @@ def test_push_study_stores_bytes_and_queues_one_job(node, study) -> None:
     results = json.loads((n.root / result_json["results_dir"] / "results.json").read_text())
     assert results["study_instance_uid"] == uid and results["schema"] == "iodine-node/results/v1"
     assert series["metastases"] >= 8 and series["lesions"] == len(results["lesions"])
+    for name in ("seg.dcm", "sr.dcm", "sc-1.dcm"):
+        assert f"{result_json['results_dir']}/{name}" in result_json["files"]
+        assert pydicom.dcmread(n.root / result_json["results_dir"] / name).StudyInstanceUID == uid
     assert "foci (" in n.log() and f"study {uid}" in n.log()
     # Sending the same study again stores nothing twice and queues nothing new.
     again = n.storescu([study.out_dir / "PT"])

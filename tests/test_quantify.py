@@ -196,6 +196,8 @@ def test_process_command(phantom_factory, tmp_path: Path, capsys: pytest.Capture
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(doc["lesions"]) and rows[0]["suv_max"] == str(doc["lesions"][0]["suv_max"])
     assert "iodine-avid" in printed and "metastasis" in printed
+    for name in ("seg.dcm", "sr.dcm", "sc-1.dcm"):  # the DICOM objects beside results.json
+        assert pydicom.dcmread(out / uid / name).StudyInstanceUID == uid
 
 
 def test_process_fails_clearly_without_pet(phantom_factory, tmp_path: Path,

@@ -14,6 +14,8 @@ ACTIVITY_AT_ADMIN = Code("ACT-ADMIN", PRIVATE_SCHEME, "Lesion activity decay-cor
 PERCENT_IA = Code("PCT-IA", PRIVATE_SCHEME, "Percent of injected activity")
 IODINE_AVID = Code("IODINE-AVID", PRIVATE_SCHEME, "Iodine-avid")
 REFERENCE_SOFT_TISSUE = Code("REF-SOFT-TISSUE", PRIVATE_SCHEME, "Soft-tissue reference SUVbw")
+NO_FOCI = Code("NO-FOCI", PRIVATE_SCHEME, "No focus of iodine uptake found")
+FINDING = codes.DCM.Finding  # DCM 121071
 
 SUVBW = codes.DCM.Suvbw  # DCM 126401 "SUVbw"
 MAXIMUM = codes.SCT.Maximum  # SCT 56851009

@@ -19,8 +19,10 @@ def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSett
     """[(kind, dataset)]: SEG (when there are foci), SR, one or more SC pages."""
     identity = ResultIdentity(result.pet_series_uid, result.ct_series_uid, settings_digest(settings))
     source = result.pet_headers[0]
-    charset = source.get("SpecificCharacterSet")  # carried over so names keep their encoding
-    charset = list(charset) if charset is not None and not isinstance(charset, str) else charset
+    # Carried over so names keep their encoding. highdicom takes single values; a code-extension
+    # set such as "\ISO 2022 IR 58" is applied after construction (pydicom encodes on write).
+    original = source.get("SpecificCharacterSet")
+    charset = original if isinstance(original, str) else None
     uptake = doc.get("uptake_time_h")
     time_point = f"{source.get('StudyDate', '')} ({uptake:.0f} h after 124I administration)" if uptake is not None \
         else str(source.get("StudyDate", ""))
@@ -30,6 +32,9 @@ def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSett
         out.append(("seg", seg))
     out.append(("sr", build_sr(result, identity, seg, time_point, charset)))
     out += [("sc", sc) for sc in build_sc(result, doc, identity, charset)]
+    if original is not None and charset is None:
+        for _, ds in out:
+            ds.SpecificCharacterSet = list(original)
     return out
 
 

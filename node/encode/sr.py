@@ -68,10 +68,17 @@ def build_sr(result: SeriesResult, identity: ResultIdentity, seg: Dataset | None
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(c.IODINE_AVID,
                                                                  c.YES if lesion.iodine_avid else c.NO)],
         ))
+    if not groups:
+        # No foci: a study-level group (TID 1501) says so, with the soft-tissue reference it was judged by.
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.tracking_uid(0), identifier="Study"),
+            measurements=[hd.sr.Measurement(c.REFERENCE_SOFT_TISSUE, result.reference_suv, c.UNIT_SUVBW)]
+            if result.reference_suv == result.reference_suv else None,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(c.FINDING, c.NO_FOCI)],
+            time_point_context=hd.sr.TimePointContext(time_point=time_point),
+        ))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=c.PROCEDURE,
-                                     imaging_measurements=groups or None,
-                                     title=codes.cid7021.ImagingMeasurementReport,
-                                     referenced_images=None if groups else result.pet_headers[:1])
+                                     imaging_measurements=groups, title=codes.cid7021.ImagingMeasurementReport)
     evidence = list(result.pet_headers) + ([seg] if seg is not None else [])
     scheme = CodingSchemeIdentificationItem(designator=c.PRIVATE_SCHEME, name=c.PRIVATE_SCHEME_NAME,
                                                responsible_organization="iodine-node")
