@@ -66,6 +66,12 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
             if args.job_id is None:
                 print("iodine-node jobs retry: give the job id", file=sys.stderr)
                 return EXIT_USAGE
+            existing = index.job(args.job_id)
+            if existing is not None and existing.state == "done":
+                resent = index.resend_dead(args.job_id)
+                if resent:
+                    print(f"job {args.job_id}: {resent} dead-letter delivery(ies) queued again")
+                    return 0
             try:
                 job = index.retry_job(args.job_id)
             except (KeyError, ValueError) as exc:
@@ -82,6 +88,17 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
                 print(f"{'':>33}error: {j.error}")
             if j.superseded_by:
                 print(f"{'':>33}superseded by job {j.superseded_by}")
+            per_dest: dict[str, dict[str, int]] = {}
+            last_error: dict[str, str] = {}
+            for row in index.deliveries(j.id):
+                counts = per_dest.setdefault(row["destination"], {})
+                counts[row["state"]] = counts.get(row["state"], 0) + 1
+                if row["state"] != "delivered" and row["last_error"]:
+                    last_error[row["destination"]] = row["last_error"]
+            for dest, counts in per_dest.items():
+                states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+                print(f"{'':>33}-> {dest}: {states}" + (f"; last error: {last_error[dest]}" if dest in last_error
+                                                          else ""))
         return 0
     finally:
         index.close()
@@ -181,6 +198,13 @@ def _cmd_process(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from node.demo import run_demo
+
+    _setup_logging("warning")
+    return run_demo(args.workdir)
+
+
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from node.phantom import PhantomOptions, generate_phantom
 
@@ -236,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input_dir", type=Path)
     p.add_argument("--output", type=Path, required=True)
     p.set_defaults(func=_cmd_process)
+
+    p = sub.add_parser("demo", help="run a node, push a synthetic study to it, show the results (no PACS needed)")
+    p.add_argument("--workdir", type=Path, default=None, help="where to keep everything (default: a temp folder)")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("phantom", help="generate a synthetic 124I PET/CT study with ground truth (truth.json)")
     p.add_argument("out_dir", type=Path)

@@ -126,13 +126,67 @@ class ProcessingSection(_Section):
     max_memory_mb: Annotated[int, Field(ge=256)] | None = None
 
 
-class DicomDestination(_Section):
-    """A DICOM C-STORE peer that receives results."""
+RESULT_KINDS = ("seg", "sr", "sc")
 
-    name: str = Field(min_length=1)
+
+class _Destination(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Which result objects go there (routing); default: all.
+    send: list[Literal["seg", "sr", "sc"]] = list(RESULT_KINDS)
+
+
+class DestinationTLS(_Section):
+    """DICOM TLS to a peer: verify it with `ca`; present `cert`/`key` if it wants a client certificate."""
+
+    ca: ExistingFile | None = None
+    cert: ExistingFile | None = None
+    key: ExistingFile | None = None
+
+
+class DicomDestination(_Destination):
+    """A DICOM C-STORE peer (a PACS)."""
+
+    kind: Literal["dicom"] = "dicom"
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: Port
+    calling_ae_title: AETitle | None = None  # default: node.ae_title
+    tls: DestinationTLS | None = None
+
+
+class StowDestination(_Destination):
+    """A DICOMweb STOW-RS endpoint (base URL of the DICOMweb service, e.g. .../dicom-web)."""
+
+    kind: Literal["stowrs"]
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = {}
+    username: str | None = None
+    password: str | None = None
+    verify_tls: bool = True
+
+
+class FolderDestination(_Destination):
+    """A local or mounted folder (files as <StudyUID>/<SOPInstanceUID>.dcm)."""
+
+    kind: Literal["folder"]
+    path: Path
+
+
+Destination = Annotated[DicomDestination | StowDestination | FolderDestination, Field(discriminator="kind")]
+
+
+class RetrySection(_Section):
+    """Delivery retries: exponential backoff with jitter, from first_s up to max_s, then dead letter."""
+
+    first_s: PositiveSeconds = 5.0
+    max_s: PositiveSeconds = 600.0
+    give_up_after_h: Annotated[float, Field(gt=0)] = 24.0
+
+
+class ExportSection(_Section):
+    retry: RetrySection = RetrySection()
+    poll_s: PositiveSeconds = 1.0
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 500
 
 
 _DET = DetectionSettings()
@@ -223,7 +277,25 @@ class NodeConfig(_Section):
     ingest: IngestSection = IngestSection()
     processing: ProcessingSection = ProcessingSection()
     quantification: QuantificationSection = QuantificationSection()
-    destinations: list[DicomDestination] = []
+    export: ExportSection = ExportSection()
+    destinations: list[Destination] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_destination_kind(cls, data: Any) -> Any:
+        # Destinations without `kind` are DICOM peers (the common case, and the original form).
+        if isinstance(data, dict) and isinstance(data.get("destinations"), list):
+            data = {**data, "destinations": [({"kind": "dicom", **d} if isinstance(d, dict) and "kind" not in d
+                                              else d) for d in data["destinations"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_destination_names(self) -> NodeConfig:
+        names = [d.name for d in self.destinations]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"destination names must be unique, repeated: {', '.join(dup)}")
+        return self
 
 
 class ConfigError(Exception):
@@ -235,9 +307,14 @@ class ConfigError(Exception):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+_UNION_TAGS = {"dicom": DicomDestination, "stowrs": StowDestination, "folder": FolderDestination}
+
+
 def _loc_to_path(loc: tuple[Any, ...]) -> str:
     path = ""
-    for part in loc:
+    for i, part in enumerate(loc):
+        if i > 0 and isinstance(loc[i - 1], int) and part in _UNION_TAGS:
+            continue  # pydantic's tag of the union member, not a key of the file
         if isinstance(part, int):
             path += f"[{part}]"
         else:
@@ -248,18 +325,19 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The model class that owns the key at `loc` (for listing the allowed keys)."""
     model: Any = NodeConfig
-    for part in loc[:-1]:
+    for i, part in enumerate(loc[:-1]):
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part)
-        if field is None:
+        if i > 0 and isinstance(loc[i - 1], int) and part in _UNION_TAGS:
+            model = _UNION_TAGS[part]
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
             return None
-        annotation = field.annotation
+        annotation = fields[part].annotation
         args = getattr(annotation, "__args__", None)
-        model = args[0] if args else annotation
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-    return model
+        model = args[0] if args else annotation  # list[X] and X | None -> X; unions resolved by tag
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
 def _describe(error: Any) -> str:

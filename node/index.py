@@ -70,7 +70,37 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_state ON jobs(state);
     CREATE INDEX jobs_by_study ON jobs(study_uid);
     """,
+    # 2: the durable outbox, one row per (result object, destination)
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL, study_uid TEXT NOT NULL, destination TEXT NOT NULL, kind TEXT NOT NULL,
+        path TEXT NOT NULL, sop_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
+        created_at REAL NOT NULL, delivered_at REAL, last_error TEXT, warning TEXT,
+        UNIQUE (destination, sop_instance_uid)
+    );
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+    CREATE INDEX outbox_by_job ON outbox(job_id);
+    """,
 )
+
+# Outbox states
+DELIVERED, DEAD = "delivered", "dead"
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    job_id: int
+    study_uid: str
+    destination: str
+    kind: str
+    path: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    attempts: int
+    created_at: float
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -281,14 +311,61 @@ class Index:
                       " WHERE id=?", (RUNNING, time.time(), row["id"]))
             return Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
 
-    def finish_job(self, job_id: int, result: dict[str, Any] | None, error: str | None) -> None:
+    def finish_job(self, job_id: int, result: dict[str, Any] | None, error: str | None,
+                   deliveries: list[tuple[str, str, str, str, str]] = ()) -> None:
+        """Record the outcome and, in the same transaction, one outbox row per (object, destination):
+        deliveries = [(destination, kind, path, sop_instance_uid, sop_class_uid)]. An object already
+        in the outbox (same UID: reprocessing gives the same UIDs) is queued again with the new file."""
+        now = time.time()
         with self.transaction() as c:
+            row = c.execute("SELECT study_uid FROM jobs WHERE id=?", (job_id,)).fetchone()
             c.execute("UPDATE jobs SET state=?, finished_at=?, result=?, error=? WHERE id=?",
-                      (FAILED if error else DONE, time.time(), json.dumps(result) if result is not None else None,
+                      (FAILED if error else DONE, now, json.dumps(result) if result is not None else None,
                        error, job_id))
+            for destination, kind, path, sop_uid, sop_class in deliveries:
+                c.execute(
+                    "INSERT INTO outbox (job_id, study_uid, destination, kind, path, sop_instance_uid, sop_class_uid,"
+                    " state, attempts, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,0,?,?)"
+                    " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET job_id=excluded.job_id,"
+                    " path=excluded.path, state=excluded.state, attempts=0, next_attempt_at=excluded.next_attempt_at,"
+                    " created_at=excluded.created_at, delivered_at=NULL, last_error=NULL, warning=NULL",
+                    (job_id, row["study_uid"], destination, kind, path, sop_uid, sop_class, PENDING, now, now))
+
+    # -- outbox ------------------------------------------------------------------------------
+
+    def due_deliveries(self, now: float, limit: int) -> dict[str, list[OutboxItem]]:
+        """Pending outbox rows whose time has come, per destination (oldest first)."""
+        rows = self.query("SELECT * FROM outbox WHERE state=? AND next_attempt_at<=? ORDER BY id LIMIT ?",
+                          (PENDING, now, limit))
+        out: dict[str, list[OutboxItem]] = {}
+        for r in rows:
+            out.setdefault(r["destination"], []).append(OutboxItem(
+                r["id"], r["job_id"], r["study_uid"], r["destination"], r["kind"], r["path"], r["sop_instance_uid"],
+                r["sop_class_uid"], r["attempts"], r["created_at"]))
+        return out
+
+    def delivery_outcome(self, item_id: int, state: str, error: str | None = None, warning: str | None = None,
+                         next_attempt_at: float | None = None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE outbox SET state=?, attempts=attempts+1, last_error=?, warning=?, next_attempt_at="
+                      "COALESCE(?, next_attempt_at), delivered_at=CASE WHEN ?='delivered' THEN ? ELSE NULL END"
+                      " WHERE id=?", (state, error, warning, next_attempt_at, state, time.time(), item_id))
+
+    def deliveries(self, job_id: int | None = None) -> list[sqlite3.Row]:
+        if job_id is None:
+            return self.query("SELECT * FROM outbox ORDER BY id")
+        return self.query("SELECT * FROM outbox WHERE job_id=? ORDER BY id", (job_id,))
+
+    def resend_dead(self, job_id: int) -> int:
+        """Dead letters of a job back to pending (after the cause was fixed); returns how many."""
+        with self.transaction() as c:
+            cur = c.execute("UPDATE outbox SET state=?, attempts=0, next_attempt_at=?, created_at=?, last_error=NULL"
+                            " WHERE job_id=? AND state=?", (PENDING, time.time(), time.time(), job_id, DEAD))
+            return cur.rowcount
 
     def retry_job(self, job_id: int) -> Job:
-        """Put a failed (or done) job back in the queue; raises KeyError/ValueError with the reason."""
+        """Put a failed (or done) job back in the queue; raises KeyError/ValueError with the reason.
+        (A done job with dead deliveries is re-sent instead: see resend_dead.)"""
         with self.transaction() as c:
             row = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:

@@ -8,9 +8,11 @@ import multiprocessing
 import resource
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 from node.index import Index, Job
 from node.pipeline import JobError, run_job
@@ -27,9 +29,11 @@ def _limit_memory(max_memory_mb: int | None) -> None:
 
 class JobRunner:
     def __init__(self, index: Index, storage_root: Path, workers: int, settings: QuantSettings,
-                 max_memory_mb: int | None = None, poll_s: float = 0.5) -> None:
+                 max_memory_mb: int | None = None, poll_s: float = 0.5,
+                 destinations: Sequence[Any] = ()) -> None:
         self.index = index
         self.settings = settings
+        self.destinations = list(destinations)
         self.storage_root = storage_root
         self.workers = workers
         self.max_memory_mb = max_memory_mb
@@ -100,7 +104,9 @@ class JobRunner:
                 self.index.finish_job(job.id, None, f"{type(exc).__name__}: {exc}")
                 log.exception("job %d failed", job.id)
             else:
-                self.index.finish_job(job.id, result, None)
+                deliveries = [(d.name, o["kind"], o["path"], o["sop_instance_uid"], o["sop_class_uid"])
+                              for o in result.get("objects", []) for d in self.destinations if o["kind"] in d.send]
+                self.index.finish_job(job.id, result, None, deliveries)
                 found = ", ".join(f"{s['lesions']} foci ({s['metastases']} metastases, {s['avid']} avid)"
                                   for s in result.get("series", []))
                 log.info("job %d done in %.1f s: study %s: %s", job.id, elapsed, job.study_uid, found or "-")

@@ -72,8 +72,14 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
             "avid": sum(1 for les in lesions if les["iodine_avid"]),
             "seconds": doc["seconds"],
         })
+    objects = []
+    for path in written:
+        if path.suffix == ".dcm":
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            objects.append({"kind": path.stem.split("-")[0], "path": str(path.relative_to(storage_root)),
+                            "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID)})
     return {"study_instance_uid": study_uid, "results_dir": str(out_dir.relative_to(storage_root)),
-            "files": [str(p.relative_to(storage_root)) for p in written], "series": summary}
+            "files": [str(p.relative_to(storage_root)) for p in written], "objects": objects, "series": summary}
 
 
 def run_job(kind: str, storage_root: str, study_uid: str, payload: dict[str, Any],

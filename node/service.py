@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from node.config import NodeConfig
+from node.export.sender import Sender
 from node.index import Index
 from node.ingest.ingestor import Ingestor
 from node.ingest.listener import Listener
@@ -31,7 +32,9 @@ class NodeService:
         self.monitor = CompletionMonitor(self.index, config.ingest.stable_after_s, config.ingest.force_after_s,
                                          config.ingest.poll_s)
         self.runner = JobRunner(self.index, self.root, config.processing.workers,
-                                settings_from_config(config.quantification), config.processing.max_memory_mb)
+                                settings_from_config(config.quantification), config.processing.max_memory_mb,
+                                destinations=config.destinations)
+        self.sender = Sender(self.index, self.root, config)
         self.watch = (WatchFolder(Path(config.ingest.watch_dir), self.spool, self.ingestor,
                                   config.ingest.watch_settle_s) if config.ingest.watch_dir else None)
 
@@ -48,6 +51,7 @@ class NodeService:
     def start(self) -> None:
         self.recover()
         self.runner.start()
+        self.sender.start()
         self.monitor.start()
         if self.watch:
             self.watch.start()
@@ -60,6 +64,7 @@ class NodeService:
             self.watch.stop()
         self.monitor.stop()
         self.runner.stop()
+        self.sender.stop()
         self.index.close()
         log.info("stopped")
 

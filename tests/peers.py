@@ -167,7 +167,7 @@ class Orthanc:
     """A real Orthanc (Debian package) playing the hospital PACS."""
 
     def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None,
-                 plugins: Sequence[str] = ()) -> None:
+                 plugins: Sequence[str] = (), extra: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.http_port = free_port()
@@ -188,6 +188,8 @@ class Orthanc:
             "DicomModalities": modalities or {},
             "Plugins": list(plugins),
             "SyncStorageArea": True,
+            "DicomCheckCalledAet": True,
+            **(extra or {}),
         }
         self.config_path = workdir / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=1))
@@ -228,6 +230,20 @@ class Orthanc:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             return json.loads(r.read())
+
+    def get_bytes(self, path: str) -> tuple[int, bytes]:
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return r.status, r.read()
+
+    def study_instances(self, study_uid: str) -> list[dict[str, Any]]:
+        """Every instance Orthanc holds in that study, with its SOP Class and Instance UIDs."""
+        found = self.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}})
+        out = []
+        for orthanc_id in found:
+            tags = self.get(f"/instances/{orthanc_id}/simplified-tags")
+            out.append({"id": orthanc_id, "SOPClassUID": tags.get("SOPClassUID"),
+                        "SOPInstanceUID": tags.get("SOPInstanceUID"), "Modality": tags.get("Modality")})
+        return out
 
     def post(self, path: str, body: bytes | dict[str, Any] | list[Any] | str,
              content_type: str = "application/json") -> Any:

@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 
 from node.cli import main
-from node.config import ENV_CONFIG, ConfigError, NodeConfig, load_config
+from node.config import (
+    ENV_CONFIG,
+    ConfigError,
+    DicomDestination,
+    FolderDestination,
+    NodeConfig,
+    StowDestination,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +53,8 @@ def test_example_documents_every_key() -> None:
                 out += keys(inner)
         return out
 
-    for key in keys(NodeConfig):
+    every = keys(NodeConfig) + keys(DicomDestination) + keys(StowDestination) + keys(FolderDestination)
+    for key in every:
         assert f"{key}:" in text, f"config/node.example.yaml does not document {key!r}"
 
 
@@ -80,7 +89,7 @@ def test_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
         "node.ae_titel: unknown key; expected one of: ae_title, bind, port, tls, max_associations"
     ]
     assert problems(tmp_path, "nodes: {}\n") == [
-        "nodes: unknown key; expected one of: node, storage, ingest, processing, quantification, destinations"
+        "nodes: unknown key; expected one of: node, storage, ingest, processing, quantification, export, destinations"
     ]
 
 

@@ -1,0 +1,1 @@
+"""Export: deliver result objects from the durable outbox to the configured destinations."""

@@ -1,0 +1,54 @@
+"""What every export target does: send a batch of files, answer per file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+DELIVERED, RETRY, DEAD = "delivered", "retry", "dead"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # delivered | retry | dead
+    error: str | None = None
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class Parcel:
+    """One file to deliver."""
+
+    item_id: int
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+
+
+class Target(Protocol):
+    def send(self, parcels: Sequence[Parcel]) -> dict[int, Outcome]:
+        """Deliver the batch (one association / request session); an outcome per parcel."""
+        ...
+
+
+TargetFactory = Callable[[Any, Any], Target]
+_REGISTRY: dict[str, TargetFactory] = {}
+
+
+def register(kind: str) -> Callable[[TargetFactory], TargetFactory]:
+    """Adding a destination kind is adding one module that registers its factory here."""
+
+    def wrap(factory: TargetFactory) -> TargetFactory:
+        _REGISTRY[kind] = factory
+        return factory
+
+    return wrap
+
+
+def make_target(destination: Any, node_config: Any) -> Target:
+    from node.export import dicom, folder, stowrs  # noqa: F401 - importing registers the kinds
+
+    return _REGISTRY[destination.kind](destination, node_config)

@@ -1,0 +1,133 @@
+"""DICOM C-STORE destination: one association per batch, only the SOP classes it sends.
+
+Statuses (PS3.4 B.2.3): 0x0000 delivered; 0xB000/0xB006/0xB007 delivered with a warning; 0xA7xx
+(out of resources) retried; other failures are answers about the object itself and go to dead
+letter. An association rejected permanently (calling/called AE not recognised) or a presentation
+context refused (SOP class not supported) cannot be cured by retrying: dead letter at once.
+Connection errors and transient rejections are retried.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import pydicom
+from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, register
+from node.ingest.listener import set_nodelay
+
+WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): result 1 = rejected-permanent; source 1 reasons 3 and 7 are the AE titles.
+_AE_REASONS = {2: "application context name not supported", 3: "calling AE title not recognised",
+               7: "called AE title not recognised"}
+
+
+def _on_open(event: evt.Event, opened: list[bool]) -> None:
+    opened.append(True)
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        set_nodelay(sock)
+
+
+@register("dicom")
+class DicomTarget:
+    def __init__(self, destination: Any, node_config: Any) -> None:
+        self.d = destination
+        self.calling = destination.calling_ae_title or node_config.node.ae_title
+
+    def _tls(self) -> tuple[ssl.SSLContext, str] | None:
+        if self.d.tls is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.d.tls.ca) if self.d.tls.ca else None)
+        ctx.check_hostname = False  # DICOM peers are addressed by IP; the CA pins who they are
+        if self.d.tls.cert and self.d.tls.key:
+            ctx.load_cert_chain(str(self.d.tls.cert), str(self.d.tls.key))
+        return ctx, ""
+
+    def send(self, parcels: Sequence[Parcel]) -> dict[int, Outcome]:
+        headers = {}
+        for p in parcels:
+            try:
+                headers[p.item_id] = pydicom.dcmread(p.path, stop_before_pixels=True)
+            except Exception as exc:  # noqa: BLE001 - a result file that cannot be read cannot be sent
+                headers[p.item_id] = exc
+        out: dict[int, Outcome] = {i: Outcome(DEAD, f"result file unreadable: {h}") for i, h in headers.items()
+                                   if isinstance(h, Exception)}
+        todo = [p for p in parcels if p.item_id not in out]
+        if not todo:
+            return out
+        ae = AE(ae_title=self.calling)
+        ae.maximum_pdu_size = 131072  # larger PDUs help a pynetdicom sender (reference note)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        contexts = sorted({(str(headers[p.item_id].SOPClassUID), str(headers[p.item_id].file_meta.TransferSyntaxUID))
+                           for p in todo})
+        for sop_class, syntax in contexts:
+            ae.add_requested_context(sop_class, syntax)
+        opened: list[bool] = []
+        try:
+            assoc = ae.associate(self.d.host, self.d.port, ae_title=self.d.ae_title, tls_args=self._tls(),
+                                 evt_handlers=[(evt.EVT_CONN_OPEN, _on_open, [opened])])
+        except (OSError, ssl.SSLError) as exc:
+            return {**out, **{p.item_id: Outcome(RETRY, f"cannot connect to {self.d.host}:{self.d.port}: {exc}")
+                              for p in todo}}
+        if not assoc.is_established:
+            outcome = (self._refusal(assoc) if opened else
+                       Outcome(RETRY, f"cannot connect to {self.d.host}:{self.d.port} (refused or unreachable)"))
+            return {**out, **{p.item_id: outcome for p in todo}}
+        try:
+            accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+            for p in todo:
+                ds = headers[p.item_id]
+                if str(ds.SOPClassUID) not in accepted:
+                    out[p.item_id] = Outcome(DEAD, f"{self.d.ae_title} does not accept SOP class {ds.SOPClassUID} "
+                                                   "(presentation context rejected)")
+                    continue
+                if not assoc.is_established:
+                    out[p.item_id] = Outcome(RETRY, "association ended before this object was sent")
+                    continue
+                try:
+                    status = assoc.send_c_store(str(p.path))
+                except (OSError, RuntimeError, ValueError) as exc:
+                    out[p.item_id] = Outcome(RETRY, f"C-STORE failed: {exc}")
+                    continue
+                out[p.item_id] = self._status(status)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return out
+
+    def _refusal(self, assoc: Any) -> Outcome:
+        where = f"{self.d.ae_title}@{self.d.host}:{self.d.port}"
+        if assoc.is_rejected:
+            rsp = assoc.acceptor.primitive
+            result = getattr(rsp, "result", None) if isinstance(rsp, A_ASSOCIATE) else None
+            source = getattr(rsp, "result_source", None)
+            reason = getattr(rsp, "diagnostic", None)
+            text = _AE_REASONS.get(reason, f"reason {reason}") if source == 1 else f"source {source} reason {reason}"
+            if result == 1:
+                return Outcome(DEAD, f"association rejected permanently by {where}: {text} (calling AE "
+                                     f"{self.calling!r}, called AE {self.d.ae_title!r})")
+            return Outcome(RETRY, f"association rejected transiently by {where}: {text}")
+        if assoc.is_aborted:
+            return Outcome(RETRY, f"association aborted by {where}")
+        return Outcome(RETRY, f"no association with {where} (connection refused or timed out)")
+
+    @staticmethod
+    def _status(status: Any) -> Outcome:
+        if not status or "Status" not in status:
+            return Outcome(RETRY, "no C-STORE response (connection lost or timed out)")
+        code = int(status.Status)
+        comment = str(status.get("ErrorComment", "") or "")
+        if code == 0x0000:
+            return Outcome(DELIVERED)
+        if code in WARNING_STATUSES:
+            return Outcome(DELIVERED, warning=f"status 0x{code:04X} {comment}".strip())
+        if 0xA700 <= code <= 0xA7FF:
+            return Outcome(RETRY, f"peer out of resources (0x{code:04X}) {comment}".strip())
+        return Outcome(DEAD, f"refused with status 0x{code:04X} {comment}".strip())
+
+

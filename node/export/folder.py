@@ -1,0 +1,38 @@
+"""Folder destination: <path>/<StudyInstanceUID>/<SOPInstanceUID>.dcm, written atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, register
+from node.ingest.spool import fsync_dir, fsync_file
+from node.uids import is_valid_uid
+
+
+@register("folder")
+class FolderTarget:
+    def __init__(self, destination: Any, node_config: Any) -> None:
+        self.root = destination.path
+
+    def send(self, parcels: Sequence[Parcel]) -> dict[int, Outcome]:
+        out: dict[int, Outcome] = {}
+        for p in parcels:
+            if not (is_valid_uid(p.study_uid) and is_valid_uid(p.sop_instance_uid)):
+                out[p.item_id] = Outcome(DEAD, f"invalid UID for a file name: {p.sop_instance_uid!r}")
+                continue
+            target = self.root / p.study_uid / f"{p.sop_instance_uid}.dcm"
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_suffix(".partial")
+                shutil.copyfile(p.path, tmp)
+                fsync_file(tmp)
+                os.replace(tmp, target)
+                fsync_dir(target.parent)
+            except OSError as exc:
+                out[p.item_id] = Outcome(RETRY, f"cannot write {target}: {exc.strerror or exc}")
+                continue
+            out[p.item_id] = Outcome(DELIVERED)
+        return out

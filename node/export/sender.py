@@ -1,0 +1,114 @@
+"""The outbox sender: delivers due result objects, one batch (one association) per destination.
+
+Retries back off exponentially with jitter (export.retry); after give_up_after_h an object is a
+dead letter, visible in `iodine-node jobs` and re-sent with `iodine-node jobs retry ID`. Delivered
+objects are never sent again; re-sending is harmless because result UIDs are deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+from node.config import NodeConfig
+from node.export.base import DEAD, DELIVERED, Outcome, Parcel, Target, make_target
+from node.index import PENDING, Index, OutboxItem
+
+log = logging.getLogger(__name__)
+
+# Fault injection for crash tests: the sender waits this long before its first round.
+FAULT_DELAY_ENV = "IODINE_NODE_FAULT_EXPORT_DELAY_S"
+
+
+def backoff_s(attempts: int, first_s: float, max_s: float, rng: random.Random) -> float:
+    """Wait before the next try after `attempts` failures: first_s x 2^(attempts-1), capped, +-50 %."""
+    base = min(max_s, first_s * 2 ** max(attempts - 1, 0))
+    return base * rng.uniform(0.5, 1.5)
+
+
+class Sender:
+    def __init__(self, index: Index, storage_root: Path, config: NodeConfig) -> None:
+        self.index = index
+        self.root = storage_root
+        self.config = config
+        self.destinations = {d.name: d for d in config.destinations}
+        self._targets: dict[str, Target] = {}
+        self._rng = random.Random()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="export", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
+        if delay > 0 and self._stop.wait(delay):
+            return
+        while not self._stop.is_set():
+            try:
+                self.send_due()
+            except Exception:
+                log.exception("export round failed")
+            self._stop.wait(self.config.export.poll_s)
+
+    def _target(self, name: str) -> Target:
+        if name not in self._targets:
+            self._targets[name] = make_target(self.destinations[name], self.config)
+        return self._targets[name]
+
+    def send_due(self, now: float | None = None) -> int:
+        """One round: every destination's due items; returns how many were delivered."""
+        now = time.time() if now is None else now
+        delivered = 0
+        for name, items in self.index.due_deliveries(now, self.config.export.batch_size).items():
+            if name not in self.destinations:
+                for item in items:
+                    self.index.delivery_outcome(item.id, DEAD, f"destination {name!r} is no longer configured")
+                continue
+            parcels = [Parcel(i.id, self.root / i.path, i.sop_instance_uid, i.sop_class_uid, i.study_uid)
+                       for i in items]
+            try:
+                outcomes = self._target(name).send(parcels)
+            except Exception as exc:
+                log.exception("destination %s failed", name)
+                outcomes = {p.item_id: Outcome("retry", f"{type(exc).__name__}: {exc}") for p in parcels}
+            delivered += self._record(name, items, outcomes)
+        return delivered
+
+    def _record(self, name: str, items: list[OutboxItem], outcomes: dict[int, Outcome]) -> int:
+        retry = self.config.export.retry
+        now = time.time()
+        done: dict[tuple[str, int], int] = {}
+        for item in items:
+            outcome = outcomes.get(item.id, Outcome("retry", "no outcome reported"))
+            if outcome.state == DELIVERED:
+                self.index.delivery_outcome(item.id, DELIVERED, warning=outcome.warning)
+                done[(item.study_uid, item.job_id)] = done.get((item.study_uid, item.job_id), 0) + 1
+                if outcome.warning:
+                    log.warning("job %d: %s delivered to %s with warning: %s", item.job_id, item.kind, name,
+                                outcome.warning)
+            elif outcome.state == DEAD:
+                self.index.delivery_outcome(item.id, DEAD, outcome.error)
+                log.error("job %d: %s for study %s is a dead letter at %s: %s", item.job_id, item.kind,
+                          item.study_uid, name, outcome.error)
+            elif now - item.created_at > retry.give_up_after_h * 3600:
+                self.index.delivery_outcome(item.id, DEAD, f"gave up after {retry.give_up_after_h:g} h: "
+                                                           f"{outcome.error}")
+                log.error("job %d: %s for study %s given up at %s after %d attempts: %s", item.job_id, item.kind,
+                          item.study_uid, name, item.attempts + 1, outcome.error)
+            else:
+                wait = backoff_s(item.attempts + 1, retry.first_s, retry.max_s, self._rng)
+                self.index.delivery_outcome(item.id, PENDING, outcome.error, next_attempt_at=now + wait)
+                log.warning("job %d: %s to %s failed (attempt %d), next try in %.0f s: %s", item.job_id, item.kind,
+                            name, item.attempts + 1, wait, outcome.error)
+        for (study, job), n in done.items():
+            log.info("job %d: delivered %d object(s) of study %s to %s", job, n, study, name)
+        return sum(done.values())
