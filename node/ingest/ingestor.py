@@ -215,5 +215,8 @@ class Ingestor:
         newly_written = self.spool.commit(temp, final, synced=True)
         # Index even when the file was already there: a crash between the link and the index
         # commit leaves an unindexed file that the sender's retry (or start-up reconciliation) completes.
+        new_study = not self.index.query("SELECT 1 FROM studies WHERE study_uid=?", (record.study_uid,))
         indexed = self.index.add_instance(record, source=source, calling_ae=calling_ae)
+        if new_study and indexed:
+            log.info("study %s arriving from %s (%s)", record.study_uid, calling_ae or source, record.modality)
         return IngestOutcome(record, stored=newly_written or indexed)
