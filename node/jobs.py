@@ -21,6 +21,11 @@ from node.quant.study import QuantSettings
 log = logging.getLogger(__name__)
 
 
+def warm_up() -> None:
+    import node.encode.objects
+    import node.quant.study  # noqa: F401
+
+
 def _limit_memory(max_memory_mb: int | None) -> None:
     if max_memory_mb:
         limit = max_memory_mb * 1024 * 1024
@@ -44,6 +49,11 @@ class JobRunner:
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
 
     def start(self) -> None:
+        # Start the workers now and let them import the pipeline, so the first study does not wait
+        # for numpy, SimpleITK and highdicom to load (~1-2 s).
+        self._pool = self._new_pool()
+        for _ in range(self.workers):
+            self._pool.submit(warm_up)
         self._thread.start()
 
     def stop(self) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pydicom
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, register
@@ -31,6 +31,7 @@ def _on_open(event: evt.Event, opened: list[bool]) -> None:
     sock = getattr(event.assoc.dul.socket, "socket", None)
     if sock is not None:
         set_nodelay(sock)
+    event.assoc.dul._run_loop_delay = 0.0001  # noqa: SLF001 - see node.ingest.listener: 1 ms naps per message
 
 
 @register("dicom")
@@ -60,6 +61,8 @@ class DicomTarget:
         todo = [p for p in parcels if p.item_id not in out]
         if not todo:
             return out
+        # Send each file's encoded dataset as it is, in chunks: no decode and re-encode, little memory.
+        _config.STORE_SEND_CHUNKED_DATASET = True
         ae = AE(ae_title=self.calling)
         ae.maximum_pdu_size = 131072  # larger PDUs help a pynetdicom sender (reference note)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
