@@ -104,7 +104,7 @@ def test_push_study_stores_bytes_and_queues_one_job(node, study) -> None:
     for name in ("seg.dcm", "sr.dcm", "sc-1.dcm"):
         assert f"{result_json['results_dir']}/{name}" in result_json["files"]
         assert pydicom.dcmread(n.root / result_json["results_dir"] / name).StudyInstanceUID == uid
-    assert "foci (" in n.log() and f"study {uid}" in n.log()
+    wait_for(lambda: "foci (" in n.log() and f"study {uid}" in n.log(), 10, "the job's log line")
     # Sending the same study again stores nothing twice and queues nothing new.
     again = n.storescu([study.out_dir / "PT"])
     assert again.returncode == 0
@@ -180,9 +180,9 @@ def test_whitelist_rejects_unknown_callers(node) -> None:
     assert stranger.returncode != 0 and "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
     wrong_host = n.echoscu(calling_ae="SCANNER2")  # listed, but only from 10.1.2.3
     assert wrong_host.returncode != 0 and "Calling AE Title Not Recognized" in wrong_host.stdout + wrong_host.stderr
-    log = n.log()
-    assert "association rejected: calling AE 'INTRUDER' at 127.0.0.1" in log
-    assert "association rejected: calling AE 'SCANNER2' at 127.0.0.1" in log
+    for who in ("INTRUDER", "SCANNER2"):  # the node logs just after the peer has its answer
+        wait_for(lambda who=who: f"association rejected: calling AE '{who}' at 127.0.0.1" in n.log(), 10,
+                 f"the rejection of {who} in the log")
 
 
 def _openssl(*args: str, cwd: Path) -> None:
