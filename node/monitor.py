@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from node.completion import SeriesSnapshot, StudySnapshot, assess_study
 from node.index import NO_PET, RECEIVING, Index
+from node.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +35,13 @@ class CompletionMonitor:
         self.index = index
         self.stable_after_s = stable_after_s
         self.force_after_s = force_after_s
-        self.poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="completion", daemon=True)
+        self._periodic = Periodic("completion", self.check_once, poll_s)
 
     def start(self) -> None:
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check_once()
-            except Exception:
-                log.exception("completion check failed")
-            self._stop.wait(self.poll_s)
+        self._periodic.stop()
 
     def check_once(self, now: float | None = None) -> list[int]:
         """Assess every receiving study; returns the ids of jobs queued."""

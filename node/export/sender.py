@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 import time
 from pathlib import Path
 
 from node.config import NodeConfig
 from node.export.base import DEAD, DELIVERED, Outcome, Parcel, Target, make_target
 from node.index import PENDING, Index, OutboxItem
+from node.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +38,14 @@ class Sender:
         self.destinations = {d.name: d for d in config.destinations}
         self._targets: dict[str, Target] = {}
         self._rng = random.Random()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="export", daemon=True)
+        delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
+        self._periodic = Periodic("export", self.send_due, config.export.poll_s, initial_delay_s=delay)
 
     def start(self) -> None:
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
-        if delay > 0 and self._stop.wait(delay):
-            return
-        while not self._stop.is_set():
-            try:
-                self.send_due()
-            except Exception:
-                log.exception("export round failed")
-            self._stop.wait(self.config.export.poll_s)
+        self._periodic.stop()
 
     def _target(self, name: str) -> Target:
         if name not in self._targets:

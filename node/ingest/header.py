@@ -33,7 +33,7 @@ _TEXT_DELIMITERS = {0x5C}
 
 
 class _Malformed(Exception):
-    pass
+    """The byte stream is not a well-formed little-endian dataset: the caller falls back to pydicom."""
 
 
 def _element(buf: mmap.mmap | bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
