@@ -37,9 +37,24 @@ def _load(args: argparse.Namespace) -> NodeConfig | None:
         return None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
@@ -49,8 +64,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return EXIT_USAGE
-    _setup_logging(args.log_level)
-    NodeService(config).serve_forever()
+    _setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
+    service = NodeService(config)
+    service.config_source = str(args.config or "built-in defaults")
+    service.serve_forever()
     return 0
 
 
@@ -66,6 +83,11 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
             if args.job_id is None:
                 print("iodine-node jobs retry: give the job id", file=sys.stderr)
                 return EXIT_USAGE
+            from node.audit import append_event
+
+            audit = config.logging.audit_file
+            audit_path = audit if audit.is_absolute() else Path(config.storage.root).resolve() / audit
+            append_event(audit_path, "job-retried", job=args.job_id, by="iodine-node jobs retry")
             existing = index.job(args.job_id)
             if existing is not None and existing.state == "done":
                 resent = index.resend_dead(args.job_id)
@@ -242,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check_config)
 
     p = sub.add_parser("serve", help="run the node: DICOM listener, watch folder, completion, workers")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"),
+                   help="default: logging.level of the configuration")
+    p.add_argument("--log-format", default=None, choices=("text", "json"),
+                   help="default: logging.format of the configuration")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("jobs", help="list jobs, or retry one: jobs retry ID")

@@ -53,6 +53,7 @@ def _existing_file(value: Path) -> Path:
 
 
 Port = Annotated[int, AfterValidator(_port)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 AETitle = Annotated[str, AfterValidator(_ae_title)]
 PositiveSeconds = Annotated[float, AfterValidator(_positive)]
@@ -87,10 +88,20 @@ class NodeSection(_Section):
     max_associations: Annotated[int, Field(ge=1, le=256)] = 32
 
 
+class RetentionSection(_Section):
+    """How long inputs and results are kept (days); null = forever. Never deleted while work is pending."""
+
+    inputs_days: Annotated[float, Field(gt=0)] | None = None
+    results_days: Annotated[float, Field(gt=0)] | None = None
+
+
 class StorageSection(_Section):
     """Where the spool, the index and results live (relative paths: from the working directory)."""
 
     root: Path = Path("var/")
+    # Below this much free space new instances are refused with 0xA700 instead of filling the disk.
+    min_free_gb: Annotated[float, Field(ge=0)] = 1.0
+    retention: RetentionSection = RetentionSection()
 
 
 class AllowedCaller(_Section):
@@ -117,6 +128,23 @@ class IngestSection(_Section):
             raise ValueError(f"force_after_s ({self.force_after_s:g}) must be greater than "
                              f"stable_after_s ({self.stable_after_s:g})")
         return self
+
+
+class HttpSection(_Section):
+    """The read-only status endpoint: /healthz, /metrics (Prometheus), /jobs."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    # Append-only JSON-lines audit trail (relative: under storage.root), rotated by size.
+    audit_file: Path = Path("audit.jsonl")
+    audit_max_mb: PositiveFloat = 50.0
+    audit_keep: Annotated[int, Field(ge=1, le=1000)] = 10
 
 
 class ProcessingSection(_Section):
@@ -192,7 +220,6 @@ class ExportSection(_Section):
 _DET = DetectionSettings()
 _SEG = SegmentationSettings()
 _AVID = AvidSettings()
-PositiveFloat = Annotated[float, Field(gt=0)]
 Percent = Annotated[float, Field(gt=0, lt=100)]
 
 
@@ -278,6 +305,8 @@ class NodeConfig(_Section):
     processing: ProcessingSection = ProcessingSection()
     quantification: QuantificationSection = QuantificationSection()
     export: ExportSection = ExportSection()
+    http: HttpSection = HttpSection()
+    logging: LoggingSection = LoggingSection()
     destinations: list[Destination] = []
 
     @model_validator(mode="before")

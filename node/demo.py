@@ -58,6 +58,7 @@ def run_demo(workdir: Path | None = None) -> int:
         "ingest": {"stable_after_s": 1, "force_after_s": 120, "poll_s": 0.2},
         "export": {"poll_s": 0.2, "retry": {"first_s": 0.5, "max_s": 2}},
         "destinations": [{"name": "demo-folder", "kind": "folder", "path": str(root / "delivered")}],
+        "http": {"enabled": False},
     })
     started = time.perf_counter()
     print(f"1/4 generating a synthetic 124I PET/CT study in {root / 'study'}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from node.index import Index, Job
+from node.metrics import Metrics
 from node.pipeline import JobError, run_job
 from node.quant.study import QuantSettings
 
@@ -35,8 +36,9 @@ def _limit_memory(max_memory_mb: int | None) -> None:
 class JobRunner:
     def __init__(self, index: Index, storage_root: Path, workers: int, settings: QuantSettings,
                  max_memory_mb: int | None = None, poll_s: float = 0.5,
-                 destinations: Sequence[Any] = ()) -> None:
+                 destinations: Sequence[Any] = (), metrics: Metrics | None = None) -> None:
         self.index = index
+        self.metrics = metrics
         self.settings = settings
         self.destinations = list(destinations)
         self.storage_root = storage_root
@@ -66,6 +68,11 @@ class JobRunner:
         # spawn: the listener's threads and sockets are not forked into workers.
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_limit_memory, initargs=(self.max_memory_mb,))
+
+    def alive(self) -> bool:
+        """The runner thread runs and its pool (if any) is not broken."""
+        pool = self._pool
+        return self._thread.is_alive() and not (pool is not None and getattr(pool, "_broken", False))
 
     def worker_pids(self) -> list[int]:
         pool = self._pool
@@ -117,6 +124,8 @@ class JobRunner:
                 deliveries = [(d.name, o["kind"], o["path"], o["sop_instance_uid"], o["sop_class_uid"])
                               for o in result.get("objects", []) for d in self.destinations if o["kind"] in d.send]
                 self.index.finish_job(job.id, result, None, deliveries)
+                if self.metrics:
+                    self.metrics.observe_processing(elapsed)
                 found = ", ".join(f"{s['lesions']} foci ({s['metastases']} metastases, {s['avid']} avid)"
                                   for s in result.get("series", []))
                 log.info("job %d done in %.1f s: study %s: %s", job.id, elapsed, job.study_uid, found or "-")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from node.audit import AuditLog
 from node.completion import SeriesSnapshot, StudySnapshot, assess_study
 from node.index import NO_PET, RECEIVING, Index
 from node.periodic import Periodic
@@ -36,6 +37,7 @@ class CompletionMonitor:
         self.stable_after_s = stable_after_s
         self.force_after_s = force_after_s
         self._periodic = Periodic("completion", self.check_once, poll_s)
+        self.audit: AuditLog | None = None
 
     def start(self) -> None:
         self._periodic.start()
@@ -69,5 +71,8 @@ class CompletionMonitor:
                 log.warning("study %s: %s", snap.study_uid, w)
             log.info("study %s ready (%s): %d instances in %d series; job %d queued", snap.study_uid,
                      verdict.reason, n_instances, len(snap.series), job_id)
+            if self.audit:
+                self.audit.event("instances-stored", study_instance_uid=snap.study_uid, instances=n_instances,
+                                 series=len(snap.series), job=job_id)
             queued.append(job_id)
         return queued

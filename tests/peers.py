@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,10 +62,12 @@ class NodeProcess:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.http_port = free_port()
         self.ae_title = ae_title
         self.root = workdir / "var"
         base: dict[str, Any] = {
             "node": {"ae_title": ae_title, "bind": "127.0.0.1", "port": self.port},
+            "http": {"bind": "127.0.0.1", "port": self.http_port},
             "storage": {"root": str(self.root)},
             "ingest": {"stable_after_s": 1.0, "force_after_s": 120, "poll_s": 0.2},
         }
@@ -118,6 +121,13 @@ class NodeProcess:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # leftover workers
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "node", "--config", str(self.config_path), *args],

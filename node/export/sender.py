@@ -13,9 +13,11 @@ import random
 import time
 from pathlib import Path
 
+from node.audit import AuditLog
 from node.config import NodeConfig
 from node.export.base import DEAD, DELIVERED, Outcome, Parcel, Target, make_target
 from node.index import PENDING, Index, OutboxItem
+from node.metrics import Metrics
 from node.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,11 @@ def backoff_s(attempts: int, first_s: float, max_s: float, rng: random.Random) -
 
 
 class Sender:
-    def __init__(self, index: Index, storage_root: Path, config: NodeConfig) -> None:
+    def __init__(self, index: Index, storage_root: Path, config: NodeConfig, metrics: Metrics | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.index = index
+        self.metrics = metrics
+        self.audit = audit
         self.root = storage_root
         self.config = config
         self.destinations = {d.name: d for d in config.destinations}
@@ -77,6 +82,10 @@ class Sender:
         done: dict[tuple[str, int], int] = {}
         for item in items:
             outcome = outcomes.get(item.id, Outcome("retry", "no outcome reported"))
+            if self.metrics:
+                self.metrics.inc("iodine_export_attempts_total")
+                if outcome.state != DELIVERED:
+                    self.metrics.inc("iodine_export_failures_total")
             if outcome.state == DELIVERED:
                 self.index.delivery_outcome(item.id, DELIVERED, warning=outcome.warning)
                 done[(item.study_uid, item.job_id)] = done.get((item.study_uid, item.job_id), 0) + 1
@@ -99,4 +108,6 @@ class Sender:
                             name, item.attempts + 1, wait, outcome.error)
         for (study, job), n in done.items():
             log.info("job %d: delivered %d object(s) of study %s to %s", job, n, study, name)
+            if self.audit:
+                self.audit.event("results-exported", job=job, study_instance_uid=study, destination=name, objects=n)
         return sum(done.values())

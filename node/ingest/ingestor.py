@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from node.index import Index, InstanceRecord
 from node.ingest.header import HeaderValue, scan_values
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES
 from node.ingest.spool import Spool, fsync_file
+from node.metrics import Metrics
 from node.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -163,10 +165,13 @@ def describe(h: Header, path: str, size: int) -> InstanceRecord:
 
 
 class Ingestor:
-    def __init__(self, spool: Spool, index: Index, max_instance_bytes: int) -> None:
+    def __init__(self, spool: Spool, index: Index, max_instance_bytes: int, min_free_gb: float = 0.0,
+                 metrics: Metrics | None = None) -> None:
         self.spool = spool
         self.index = index
         self.max_instance_bytes = max_instance_bytes
+        self.min_free_gb = min_free_gb
+        self.metrics = metrics
         # fsync releases the GIL: flushing the file while the header is parsed halves the latency.
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
@@ -193,6 +198,10 @@ class Ingestor:
         """Store `temp` (a complete Part 10 file in the spool's file system) under its UIDs and index
         it. Raises IngestError for what the sender must be told; other exceptions mean 'not safe'."""
         size = temp.stat().st_size
+        free_gb = shutil.disk_usage(self.spool.root).free / 1e9
+        if free_gb < self.min_free_gb:
+            raise IngestError(OUT_OF_RESOURCES, f"disk space {free_gb:.1f} GB is below storage.min_free_gb "
+                                                f"({self.min_free_gb:g} GB): refusing new data")
         if size > self.max_instance_bytes:
             raise IngestError(OUT_OF_RESOURCES, f"instance of {size / 1e6:.1f} MB exceeds ingest.max_instance_mb "
                                                 f"({self.max_instance_bytes / 1e6:.0f} MB)")
@@ -219,4 +228,7 @@ class Ingestor:
         indexed = self.index.add_instance(record, source=source, calling_ae=calling_ae)
         if new_study and indexed:
             log.info("study %s arriving from %s (%s)", record.study_uid, calling_ae or source, record.modality)
+        if self.metrics is not None and (newly_written or indexed):
+            self.metrics.inc("iodine_instances_received_total")
+            self.metrics.inc("iodine_bytes_received_total", size)
         return IngestOutcome(record, stored=newly_written or indexed)

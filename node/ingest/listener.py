@@ -19,9 +19,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, Association, _config, evt
 from pynetdicom.sop_class import Verification
 
+from node.audit import AuditLog
 from node.config import NodeConfig
 from node.ingest.ingestor import OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, IngestError, Ingestor
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES, TRANSFER_SYNTAXES, all_storage_sop_classes
+from node.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,12 @@ def _tls_context(config: NodeConfig) -> ssl.SSLContext | None:
 
 
 class Listener:
-    def __init__(self, config: NodeConfig, ingestor: Ingestor, spool_tmp: Path) -> None:
+    def __init__(self, config: NodeConfig, ingestor: Ingestor, spool_tmp: Path, metrics: Metrics | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.config = config
         self.ingestor = ingestor
+        self.metrics = metrics
+        self.audit = audit
         # pynetdicom writes chunked C-STORE data with NamedTemporaryFile in tempfile's directory:
         # point it into the spool so the received file can be linked into place on the same disk.
         _config.STORE_RECV_CHUNKED_DATASET = True
@@ -136,16 +141,25 @@ class Listener:
         # millisecond to every C-STORE response; 0.1 ms keeps latency low at little idle cost.
         event.assoc.dul._run_loop_delay = 0.0001  # noqa: SLF001
 
-    @staticmethod
-    def _on_accepted(event: evt.Event) -> None:
+    def _on_accepted(self, event: evt.Event) -> None:
         r = event.assoc.requestor
         log.info("association accepted from %s at %s:%s", r.ae_title, r.address, r.port)
+        if self.metrics:
+            self.metrics.inc("iodine_associations_accepted_total")
+        if self.audit:
+            self.audit.event("association-accepted", calling_ae=r.ae_title, peer=r.address,
+                             called_ae=self.config.node.ae_title)
 
-    @staticmethod
-    def _on_rejected(event: evt.Event) -> None:
+    def _on_rejected(self, event: evt.Event) -> None:
         r = event.assoc.requestor
+        called = str(getattr(event.assoc.requestor.primitive, "called_ae_title", "") or "")
         log.warning("association rejected: calling AE %r at %s, called AE %r (not allowed by node.ae_title "
-                    "or ingest.allowed_callers)", r.ae_title, r.address, event.assoc.acceptor.ae_title)
+                    "or ingest.allowed_callers)", r.ae_title, r.address, called)
+        if self.metrics:
+            self.metrics.inc("iodine_associations_rejected_total")
+        if self.audit:
+            self.audit.event("association-rejected", outcome="failure", calling_ae=r.ae_title, peer=r.address,
+                             called_ae=called)
 
     @staticmethod
     def _on_echo(event: evt.Event) -> int:
@@ -165,6 +179,8 @@ class Listener:
         except IngestError as exc:
             log.warning("refused instance %s from %s at %s: %s (status 0x%04X)", sop_uid[:64], r.ae_title,
                         r.address, exc.reason, exc.status)
+            if self.metrics:
+                self.metrics.inc("iodine_instances_refused_total")
             return _status(exc.status, exc.reason)
         except Exception as exc:
             log.exception("could not store instance %s from %s", sop_uid[:64], r.ae_title)
