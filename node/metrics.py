@@ -53,7 +53,8 @@ class Metrics:
         lines: list[str] = []
         with self._lock:
             for name, help_text in COUNTERS.items():
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {_num(self._counters[name])}"]
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter",
+                          f"{name} {_num(self._counters[name])}"]
             name = "iodine_processing_seconds"
             lines += [f"# HELP {name} seconds a quantify job took", f"# TYPE {name} histogram"]
             cumulative = 0
