@@ -1,0 +1,82 @@
+"""Serial-scan core: TSH, pairing, matching, change categories, 131I dosimetry (reference check)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import numpy as np
+import pydicom
+import pytest
+
+from node.compare.context import Administration, read_tsh, same_administration
+from node.compare.dosimetry import decay_correct_percent, lesion_dose
+from node.compare.matching import (
+    GAINED,
+    LOST,
+    NEW,
+    REDUCED,
+    STABLE,
+    ChangeThresholds,
+    classify_change,
+    match_lesions,
+    patient_summary,
+)
+
+
+def test_worked_example_of_the_reference_note() -> None:
+    # 0.10 %IA at 24 h and 0.05 %IA at 96 h (as measured, 124I decayed) in a 1 g lesion ->
+    # 131I effective half-life 109.8 h, ~22 Gy/GBq, ~82 Gy for 3.7 GBq (shared/reference/iodine124.md).
+    r = [decay_correct_percent(0.10, 24), decay_correct_percent(0.05, 96)]
+    dose = lesion_dose([24, 96], r, volume_ml=1.0)
+    assert dose.effective_half_life_131_h == pytest.approx(109.8, abs=0.1)
+    assert dose.gy_per_gbq == pytest.approx(22.0, rel=0.01)
+    assert dose.dose_gy(3.7) == pytest.approx(82.0, rel=0.01)
+
+
+def test_dose_scales_with_mass_and_fits_three_points() -> None:
+    times = [4, 24, 48, 72, 96]
+    lam = math.log(2) / 150
+    r = [0.3 * math.exp(-lam * t) for t in times]
+    dose = lesion_dose(times, r, volume_ml=2.0)
+    assert dose.biological_half_life_h == pytest.approx(150, rel=1e-6)
+    assert dose.r0_fraction == pytest.approx(0.003, rel=1e-6)
+    assert lesion_dose(times, r, volume_ml=4.0).gy_per_gbq == pytest.approx(dose.gy_per_gbq / 2)
+    with pytest.raises(ValueError, match="at least two time points"):
+        lesion_dose([24], [0.1], 1.0)
+
+
+def test_tsh_is_read_or_unknown() -> None:
+    ds = pydicom.Dataset()
+    ds.AdditionalPatientHistory = "withdrawal day 21; TSH = 124.5 uIU/mL"
+    assert read_tsh(ds) == 124.5
+    assert read_tsh(pydicom.Dataset()) is None
+    ds.AdditionalPatientHistory = "thyroglobulin 12"
+    assert read_tsh(ds) is None  # absent: unknown, never guessed
+    ds.PatientComments = "tsh: 33"
+    assert read_tsh(ds, "PatientComments", r"(?i)tsh:\s*([0-9.]+)") == 33
+
+
+def test_same_or_separate_administration() -> None:
+    t = datetime(2026, 3, 2, 9, 0)
+    one = Administration(t, 74e6)
+    assert same_administration(one, Administration(t + timedelta(minutes=2), 74.2e6))
+    assert not same_administration(one, Administration(t + timedelta(days=14), 74e6))
+    assert not same_administration(one, Administration(t, 148e6))
+
+
+def test_matching_with_gate_and_categories() -> None:
+    first = np.array([[0, 0, 0], [50, 0, 0], [100, 0, 0]], float)
+    second = np.array([[1, 1, 0], [102, -2, 1], [200, 0, 0]], float)
+    matches = match_lesions(first, second, gate_mm=10)
+    pairs = {(m.first, m.second) for m in matches}
+    assert pairs == {(0, 0), (2, 1), (1, None), (None, 2)}
+    th = ChangeThresholds()
+    assert classify_change(10.0, 15.0, True, True, th) == GAINED
+    assert classify_change(10.0, 10.5, True, True, th) == STABLE
+    assert classify_change(10.0, 6.0, True, True, th) == REDUCED
+    assert classify_change(10.0, 1.1, True, False, th) == LOST
+    assert classify_change(10.0, None, True, False, th) == LOST
+    assert classify_change(None, 8.0, False, True, th) == NEW
+    summary = patient_summary([GAINED, LOST, STABLE], [True, False, True])
+    assert summary["categories"][LOST] == 1 and summary["avid_at_higher_tsh"] == "some"
