@@ -80,3 +80,26 @@ def test_matching_with_gate_and_categories() -> None:
     assert classify_change(None, 8.0, False, True, th) == NEW
     summary = patient_summary([GAINED, LOST, STABLE], [True, False, True])
     assert summary["categories"][LOST] == 1 and summary["avid_at_higher_tsh"] == "some"
+
+
+def test_rigid_registration_of_two_visits(tmp_path) -> None:
+    from node.compare.register import register_rigid
+    from node.phantom import PhantomOptions, generate_phantom
+    from node.quant.volume import assemble, resample_like
+
+    def ct_on_pet(ph):
+        ct, _ = assemble([pydicom.dcmread(f) for f in ph.ct_files], "CT", dtype=np.int16)
+        pet, _ = assemble([pydicom.dcmread(f, stop_before_pixels=True) for f in ph.pet_files], "PET")
+        return resample_like(ct, pet, -1000.0)
+
+    one = generate_phantom(tmp_path / "1", PhantomOptions(seed=4, noise=0.15))
+    two = generate_phantom(tmp_path / "2", PhantomOptions(seed=4, noise=0.15, timepoint=2))
+    reg = register_rigid(ct_on_pet(two), ct_on_pet(one))
+    first = {r["name"]: r["center_mm"] for r in one.truth["regions"] if r["kind"] == "metastasis"}
+    second = {r["name"]: r["center_mm"] for r in two.truth["regions"] if r["name"] in first}
+    names = sorted(second)
+    mapped = reg.scan1_to_scan2(np.array([first[n] for n in names]))
+    errors = np.linalg.norm(mapped - np.array([second[n] for n in names]), axis=1)
+    moved = np.linalg.norm(np.array([first[n] for n in names]) - np.array([second[n] for n in names]), axis=1)
+    assert moved.max() > 5  # the patient did move between the visits
+    assert errors.max() <= 3.0, dict(zip(names, errors.round(2), strict=True))
