@@ -1,8 +1,9 @@
 """Rigid CT-to-CT registration between two scans of one patient (SimpleITK).
 
 Euler 3-D transform, Mattes mutual information (robust to different CT protocols between visits),
-three resolution levels, initialised by aligning the centres of mass. CT numbers are clipped to
--1000..1500 HU so metal or contrast does not dominate, and only the body is kept. The result maps scan-1 points into scan 2.
+two resolution levels on the PET-grid CT, initialised by aligning the centres of mass. CT numbers
+are clipped to -1000..1500 HU so metal or contrast does not dominate, and only the body is kept.
+The result maps scan-1 points into scan 2.
 """
 
 from __future__ import annotations
