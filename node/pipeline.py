@@ -6,19 +6,25 @@ rules selected, and writes results under storage.root/results/<StudyInstanceUID>
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sqlite3
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pydicom
 
+from node.compare.study import compare_scans, ct_on_coarse_grid
 from node.index import INDEX_FILE
 from node.quant.study import QuantSettings, SeriesFiles, StudyError, process_study, write_study_outputs
 from node.quant.suv import SuvError
 from node.quant.volume import VolumeError
 from node.uids import is_valid_uid
+
+log = logging.getLogger(__name__)
 
 # Fault injection for tests of crash recovery: a job sleeps this long before it works.
 FAULT_SLEEP_ENV = "IODINE_NODE_FAULT_JOB_SLEEP_S"
@@ -58,6 +64,14 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
         results = process_study(series, settings)
     except (StudyError, SuvError, VolumeError) as exc:
         raise JobError(str(exc)) from None
+    primary, doc = results[0]
+    try:
+        comparison = compare_with_prior(storage_root, study_uid, primary, doc, series)
+    except Exception as exc:
+        log.exception("study %s: comparison with the prior scan failed", study_uid)
+        comparison = {"error": f"{type(exc).__name__}: {exc}"}
+    if comparison is not None:
+        doc["comparison"] = comparison
     out_dir = storage_root / "results" / study_uid
     written = write_study_outputs(out_dir, results, settings)
     summary = []
@@ -80,6 +94,48 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
                             "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID)})
     return {"study_instance_uid": study_uid, "results_dir": str(out_dir.relative_to(storage_root)),
             "files": [str(p.relative_to(storage_root)) for p in written], "objects": objects, "series": summary}
+
+
+PRIOR_WINDOW_DAYS = 90
+
+
+def compare_with_prior(storage_root: Path, study_uid: str, result: Any, doc: dict[str, Any],
+                       series: dict[str, SeriesFiles]) -> dict[str, Any] | None:
+    """Compare with the latest earlier quantified scan of the same patient in this node (within
+    PRIOR_WINDOW_DAYS), or None when there is none."""
+    conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
+    try:
+        me = conn.execute("SELECT patient_id, issuer_of_patient_id FROM studies WHERE study_uid=?",
+                          (study_uid,)).fetchone()
+        if me is None or not me[0]:
+            return None
+        others = [r[0] for r in conn.execute(
+            "SELECT study_uid FROM studies WHERE patient_id=? AND COALESCE(issuer_of_patient_id,'')=? AND study_uid<>?",
+            (me[0], me[1] or "", study_uid))]
+        reference = datetime.fromisoformat(doc["reference_datetime"])
+        candidates = []
+        for uid in others:
+            path = storage_root / "results" / uid / "results.json"
+            if not is_valid_uid(uid) or not path.is_file():
+                continue
+            prior = json.loads(path.read_text(encoding="utf-8"))
+            when = datetime.fromisoformat(prior["reference_datetime"])
+            if when < reference and (reference - when).days <= PRIOR_WINDOW_DAYS:
+                candidates.append((when, prior))
+        if not candidates:
+            return None
+        prior = max(candidates, key=lambda c: c[0])[1]
+        prior_ct = _series_files(conn, storage_root, prior["ct_series_instance_uid"]) \
+            if prior.get("ct_series_instance_uid") else []
+        prior_pet = _series_files(conn, storage_root, prior["pet_series_instance_uid"])
+    finally:
+        conn.close()
+    current_ct = series[doc["ct_series_instance_uid"]].paths if doc.get("ct_series_instance_uid") in series else []
+    log.info("study %s: comparing with prior study %s", study_uid, prior["study_instance_uid"])
+    return compare_scans(result, doc, prior,
+                         ct_on_coarse_grid(prior_ct) if prior_ct else None,
+                         ct_on_coarse_grid(current_ct) if current_ct else None,
+                         pydicom.dcmread(prior_pet[0], stop_before_pixels=True) if prior_pet else pydicom.Dataset())
 
 
 def run_job(kind: str, storage_root: str, study_uid: str, payload: dict[str, Any],

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import yaml
@@ -188,3 +189,40 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "metastasis" in out.stdout and "sr.dcm" in out.stdout and "job 1 done" in out.stdout
     assert json.loads(next((tmp_path / "demo").rglob("results.json")).read_text())["lesions"]
+
+
+def test_second_scan_is_compared_with_the_first(peers, tmp_path: Path) -> None:
+    """Two withdrawal scans of one patient (TSH 30, then 120): the second job compares lesion by lesion."""
+    from node.phantom import PhantomOptions, generate_phantom
+
+    one = generate_phantom(tmp_path / "t1", PhantomOptions(seed=4, noise=0.0))
+    two = generate_phantom(tmp_path / "t2", PhantomOptions(seed=4, noise=0.0, timepoint=2, tsh=120))
+    _, make_node = peers
+    n = make_node()
+    n.start()
+    assert n.storescu(one.files).returncode == 0
+    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 1, 60, "first job")
+    assert n.storescu(two.files).returncode == 0
+    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 90, "second job")
+    doc = json.loads((n.root / "results" / two.truth["study_instance_uid"] / "results.json").read_text())
+    comparison = doc["comparison"]
+    assert comparison["prior_study_instance_uid"] == one.truth["study_instance_uid"]
+    assert comparison["kind"] == "separate administrations"
+    assert comparison["tsh_uiu_per_ml"] == {"prior": 30.0, "current": 120.0}
+    assert comparison["registration"]["method"].startswith("rigid CT-CT")
+    truth2 = {r["name"]: r for r in two.truth["regions"]}
+    rows = comparison["lesions"]
+    lost = [r for r in rows if r["category"].startswith("lost")]
+    lost_truth = [r for r in two.truth["regions"] if r.get("change_from_timepoint_1") == "lost"]
+    assert len(lost) == 1 and len(lost_truth) == 1
+    assert np.linalg.norm(np.subtract(lost[0]["prior_centroid_mapped_mm"], lost_truth[0]["center_mm"])) < 5
+    assert comparison["refractory_candidates"] == [lost[0]["prior_id"]]
+    for r in rows:  # every matched lesion's category agrees with how the generator changed it
+        if r["current_id"] is None or r["prior_id"] is None:
+            continue
+        centre = next(les["centroid_mm"] for les in doc["lesions"] if les["id"] == r["current_id"])
+        name = min(truth2, key=lambda k: np.linalg.norm(np.subtract(truth2[k]["center_mm"], centre)))
+        change = truth2[name].get("change_from_timepoint_1")
+        expected = {"gained": "gained uptake", "reduced": "reduced uptake", "stable": "stable"}.get(change)
+        if expected and truth2[name]["diameter_mm"] >= 10:
+            assert r["category"] == expected, (name, r)
