@@ -226,3 +226,29 @@ def test_second_scan_is_compared_with_the_first(peers, tmp_path: Path) -> None:
         expected = {"gained": "gained uptake", "reduced": "reduced uptake", "stable": "stable"}.get(change)
         if expected and truth2[name]["diameter_mm"] >= 10:
             assert r["category"] == expected, (name, r)
+
+
+def test_same_administration_gives_lesion_dosimetry(peers, tmp_path: Path) -> None:
+    """24 h and 96 h after one administration: dosimetry from the two scans."""
+    from node.phantom import PhantomOptions, generate_phantom
+
+    early = generate_phantom(tmp_path / "24", PhantomOptions(seed=6, noise=0.0, uptake_h=24))
+    late = generate_phantom(tmp_path / "96", PhantomOptions(seed=6, noise=0.0, uptake_h=96))
+    _, make_node = peers
+    n = make_node()
+    n.start()
+    assert n.storescu(early.files).returncode == 0
+    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 1, 60, "first job")
+    assert n.storescu(late.files).returncode == 0
+    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 90, "second job")
+    doc = json.loads((n.root / "results" / late.truth["study_instance_uid"] / "results.json").read_text())
+    comparison = doc["comparison"]
+    assert comparison["kind"] == "same administration"
+    doses = comparison["dosimetry"]["lesions"]
+    assert doses and all(d["gy_per_gbq"] > 0 and "3.7_gbq" in d["predicted_dose_gy"] for d in doses)
+    # The mediastinal mass (32 mm): the measured biological half-life follows the generator's kinetics.
+    mass = next(r for r in late.truth["regions"] if r["name"] == "node_mediastinal")
+    centre = np.array(mass["center_mm"])
+    current = min(doc["lesions"], key=lambda les: np.linalg.norm(np.array(les["centroid_mm"]) - centre))
+    dose = next(d for d in doses if d["current_id"] == current["id"])
+    assert dose["biological_half_life_h"] == pytest.approx(mass["biological_half_life_h"], rel=0.10)
