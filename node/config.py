@@ -296,6 +296,26 @@ class QuantificationSection(_Section):
     series: SeriesSection = SeriesSection()
 
 
+class TshSection(_Section):
+    """Where TSH is written: an attribute of the PET header and a regular expression with one group."""
+
+    tag: str = "AdditionalPatientHistory"
+    pattern: Regex = r"TSH\s*=\s*([0-9.]+)"
+
+
+class ComparisonSection(_Section):
+    """Comparison with an earlier scan of the same patient, and 131I lesion dosimetry."""
+
+    prior_window_days: PositiveFloat = 90.0
+    tsh: TshSection = TshSection()
+    gained: PositiveFloat = 0.25
+    reduced: Annotated[float, Field(lt=0)] = -0.25
+    match_gate_mm: PositiveFloat = 15.0
+    dose_activities_gbq: list[PositiveFloat] = Field(default=[3.7, 7.4], min_length=1)
+    treat_threshold_gy: PositiveFloat = 20.0
+    nodal_response_gy: PositiveFloat = 80.0
+
+
 class NodeConfig(_Section):
     """The whole configuration file."""
 
@@ -304,6 +324,7 @@ class NodeConfig(_Section):
     ingest: IngestSection = IngestSection()
     processing: ProcessingSection = ProcessingSection()
     quantification: QuantificationSection = QuantificationSection()
+    comparison: ComparisonSection = ComparisonSection()
     export: ExportSection = ExportSection()
     http: HttpSection = HttpSection()
     logging: LoggingSection = LoggingSection()

@@ -14,6 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from node.compare.study import ComparisonSettings
 from node.index import Index, Job
 from node.metrics import Metrics
 from node.pipeline import JobError, run_job
@@ -36,8 +37,10 @@ def _limit_memory(max_memory_mb: int | None) -> None:
 class JobRunner:
     def __init__(self, index: Index, storage_root: Path, workers: int, settings: QuantSettings,
                  max_memory_mb: int | None = None, poll_s: float = 0.5,
-                 destinations: Sequence[Any] = (), metrics: Metrics | None = None) -> None:
+                 destinations: Sequence[Any] = (), metrics: Metrics | None = None,
+                 comparison: ComparisonSettings | None = None) -> None:
         self.index = index
+        self.comparison = comparison
         self.metrics = metrics
         self.settings = settings
         self.destinations = list(destinations)
@@ -96,7 +99,7 @@ class JobRunner:
             self._pool = self._new_pool()
         log.info("job %d started: %s of study %s (attempt %d)", job.id, job.kind, job.study_uid, job.attempts)
         future = self._pool.submit(run_job, job.kind, str(self.storage_root), job.study_uid, job.payload,
-                                   self.settings)
+                                   self.settings, self.comparison)
         self._running[future] = job
 
     def _collect(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pydicom
 
-from node.compare.study import compare_scans, ct_on_coarse_grid
+from node.compare.study import ComparisonSettings, compare_scans, ct_on_coarse_grid
 from node.index import INDEX_FILE
 from node.quant.study import QuantSettings, SeriesFiles, StudyError, process_study, write_study_outputs
 from node.quant.suv import SuvError
@@ -41,7 +41,7 @@ def _series_files(conn: sqlite3.Connection, root: Path, series_uid: str) -> list
 
 
 def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
-                 settings: QuantSettings) -> dict[str, Any]:
+                 settings: QuantSettings, comparison: ComparisonSettings | None = None) -> dict[str, Any]:
     if not is_valid_uid(study_uid):
         raise JobError(f"invalid StudyInstanceUID {study_uid!r}")
     conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
@@ -65,13 +65,15 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
     except (StudyError, SuvError, VolumeError) as exc:
         raise JobError(str(exc)) from None
     primary, doc = results[0]
+    # A failed comparison is recorded in the results; it must never lose the quantification.
     try:
-        comparison = compare_with_prior(storage_root, study_uid, primary, doc, series)
+        section = compare_with_prior(storage_root, study_uid, primary, doc, series,
+                                     comparison or ComparisonSettings())
     except Exception as exc:
         log.exception("study %s: comparison with the prior scan failed", study_uid)
-        comparison = {"error": f"{type(exc).__name__}: {exc}"}
-    if comparison is not None:
-        doc["comparison"] = comparison
+        section = {"error": f"{type(exc).__name__}: {exc}"}
+    if section is not None:
+        doc["comparison"] = section
     out_dir = storage_root / "results" / study_uid
     written = write_study_outputs(out_dir, results, settings)
     summary = []
@@ -96,13 +98,10 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
             "files": [str(p.relative_to(storage_root)) for p in written], "objects": objects, "series": summary}
 
 
-PRIOR_WINDOW_DAYS = 90
-
-
 def compare_with_prior(storage_root: Path, study_uid: str, result: Any, doc: dict[str, Any],
-                       series: dict[str, SeriesFiles]) -> dict[str, Any] | None:
+                       series: dict[str, SeriesFiles], settings: ComparisonSettings) -> dict[str, Any] | None:
     """Compare with the latest earlier quantified scan of the same patient in this node (within
-    PRIOR_WINDOW_DAYS), or None when there is none."""
+    comparison.prior_window_days), or None when there is none."""
     conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
     try:
         me = conn.execute("SELECT patient_id, issuer_of_patient_id FROM studies WHERE study_uid=?",
@@ -120,7 +119,7 @@ def compare_with_prior(storage_root: Path, study_uid: str, result: Any, doc: dic
                 continue
             prior = json.loads(path.read_text(encoding="utf-8"))
             when = datetime.fromisoformat(prior["reference_datetime"])
-            if when < reference and (reference - when).days <= PRIOR_WINDOW_DAYS:
+            if when < reference and (reference - when).total_seconds() <= settings.prior_window_days * 86400:
                 candidates.append((when, prior))
         if not candidates:
             return None
@@ -135,15 +134,16 @@ def compare_with_prior(storage_root: Path, study_uid: str, result: Any, doc: dic
     return compare_scans(result, doc, prior,
                          ct_on_coarse_grid(prior_ct) if prior_ct else None,
                          ct_on_coarse_grid(current_ct) if current_ct else None,
-                         pydicom.dcmread(prior_pet[0], stop_before_pixels=True) if prior_pet else pydicom.Dataset())
+                         pydicom.dcmread(prior_pet[0], stop_before_pixels=True) if prior_pet else pydicom.Dataset(),
+                         settings)
 
 
 def run_job(kind: str, storage_root: str, study_uid: str, payload: dict[str, Any],
-            settings: QuantSettings) -> dict[str, Any]:
+            settings: QuantSettings, comparison: ComparisonSettings | None = None) -> dict[str, Any]:
     """Entry point in the worker process."""
     delay = float(os.environ.get(FAULT_SLEEP_ENV, "0") or 0)
     if delay > 0:
         time.sleep(delay)
     if kind == "quantify":
-        return run_quantify(Path(storage_root), study_uid, payload, settings)
+        return run_quantify(Path(storage_root), study_uid, payload, settings, comparison)
     raise JobError(f"unknown job kind {kind!r}")

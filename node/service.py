@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from node.audit import AuditLog
+from node.compare.study import comparison_settings_from_config
 from node.config import NodeConfig
 from node.export.sender import Sender
 from node.index import Index
@@ -48,7 +49,8 @@ class NodeService:
                                          config.ingest.poll_s)
         self.runner = JobRunner(self.index, self.root, config.processing.workers,
                                 settings_from_config(config.quantification), config.processing.max_memory_mb,
-                                destinations=config.destinations, metrics=self.metrics)
+                                destinations=config.destinations, metrics=self.metrics,
+                                comparison=comparison_settings_from_config(config.comparison))
         self.sender = Sender(self.index, self.root, config, self.metrics, self.audit)
         self.monitor.audit = self.audit
         retention = config.storage.retention

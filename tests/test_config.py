@@ -89,8 +89,8 @@ def test_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
         "node.ae_titel: unknown key; expected one of: ae_title, bind, port, tls, max_associations"
     ]
     assert problems(tmp_path, "nodes: {}\n") == [
-        "nodes: unknown key; expected one of: node, storage, ingest, processing, quantification, export, http, "
-        "logging, destinations"
+        "nodes: unknown key; expected one of: node, storage, ingest, processing, quantification, comparison, export, "
+        "http, logging, destinations"
     ]
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,16 +12,33 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from node.compare.context import Administration, read_tsh, same_administration
+from node.compare.context import (
+    DEFAULT_TSH_PATTERN,
+    DEFAULT_TSH_TAG,
+    Administration,
+    read_tsh,
+    same_administration,
+)
 from node.compare.dosimetry import lesion_dose
 from node.compare.matching import LOST, ChangeThresholds, classify_change, match_lesions, patient_summary
 from node.compare.register import register_rigid
 from node.quant.study import SeriesResult
 from node.quant.volume import Volume, assemble, resample_like
 
-DOSE_ACTIVITIES_GBQ = (3.7, 7.4)
-NODAL_RESPONSE_GY = 80.0  # Maxon 1983/1992: >= 80-85 Gy for nodal metastases (iodine124.md)
-TREAT_THRESHOLD_GY = 20.0  # Ho et al., NEJM 2013: treat if the predicted lesion dose is >= 20 Gy
+
+@dataclass(frozen=True)
+class ComparisonSettings:
+    """`comparison` in the configuration (documented defaults)."""
+
+    prior_window_days: float = 90.0
+    tsh_tag: str = DEFAULT_TSH_TAG
+    tsh_pattern: str = DEFAULT_TSH_PATTERN
+    thresholds: ChangeThresholds = field(default_factory=ChangeThresholds)
+    dose_activities_gbq: tuple[float, ...] = (3.7, 7.4)
+    # Ho et al., NEJM 2013: treat if the predicted lesion dose is >= 20 Gy; Maxon 1983/1992:
+    # >= 80-85 Gy for nodal metastases (shared/reference/iodine124.md)
+    treat_threshold_gy: float = 20.0
+    nodal_response_gy: float = 80.0
 
 
 def ct_on_coarse_grid(ct_paths: Sequence[Path], spacing_mm: float = 4.0) -> Volume:
@@ -44,9 +62,10 @@ def _sphere_max(vol: Volume, centre_mm: np.ndarray, radius_mm: float) -> float |
 
 def compare_scans(current: SeriesResult, current_doc: dict[str, Any], prior_doc: dict[str, Any],
                   prior_ct_on_grid: Volume | None, current_ct_on_grid: Volume | None, prior_pet_header: Any,
-                  thresholds: ChangeThresholds | None = None) -> dict[str, Any]:
+                  settings: ComparisonSettings | None = None) -> dict[str, Any]:
     """The `comparison` section (and `dosimetry` inside it for one administration)."""
-    thresholds = thresholds or ChangeThresholds()
+    settings = settings or ComparisonSettings()
+    thresholds = settings.thresholds
     prior_lesions = [les for les in prior_doc["lesions"] if les["label"] in ("metastasis", "remnant")]
     current_lesions = [les for les in current_doc["lesions"] if les["label"] in ("metastasis", "remnant")]
     registration: dict[str, Any] = {"method": "none (no CT): scanner coordinates"}
@@ -95,7 +114,8 @@ def compare_scans(current: SeriesResult, current_doc: dict[str, Any], prior_doc:
     section: dict[str, Any] = {
         "prior_study_instance_uid": prior_doc["study_instance_uid"],
         "kind": "same administration" if one_administration else "separate administrations",
-        "tsh_uiu_per_ml": {"prior": read_tsh(prior_pet_header), "current": read_tsh(current.pet_headers[0])},
+        "tsh_uiu_per_ml": {"prior": read_tsh(prior_pet_header, settings.tsh_tag, settings.tsh_pattern),
+                           "current": read_tsh(current.pet_headers[0], settings.tsh_tag, settings.tsh_pattern)},
         "registration": registration,
         "thresholds": {"gained": thresholds.gained, "reduced": thresholds.reduced,
                        "match_gate_mm": thresholds.match_gate_mm},
@@ -106,11 +126,12 @@ def compare_scans(current: SeriesResult, current_doc: dict[str, Any], prior_doc:
         "refractory_candidates": [r["prior_id"] for r in rows if r["category"] == LOST],
     }
     if one_administration:
-        section["dosimetry"] = _dosimetry(rows, prior_doc, current_doc)
+        section["dosimetry"] = _dosimetry(rows, prior_doc, current_doc, settings)
     return section
 
 
-def _dosimetry(rows: list[dict[str, Any]], prior_doc: dict[str, Any], current_doc: dict[str, Any]) -> dict[str, Any]:
+def _dosimetry(rows: list[dict[str, Any]], prior_doc: dict[str, Any], current_doc: dict[str, Any],
+               settings: ComparisonSettings) -> dict[str, Any]:
     t = [float(prior_doc["uptake_time_h"]), float(current_doc["uptake_time_h"])]
     out = []
     for r in rows:
@@ -123,17 +144,28 @@ def _dosimetry(rows: list[dict[str, Any]], prior_doc: dict[str, Any], current_do
         except ValueError as exc:
             out.append({"prior_id": r["prior_id"], "current_id": r["current_id"], "error": str(exc)})
             continue
-        predicted = {f"{a:g}_gbq": round(dose.dose_gy(a), 2) for a in DOSE_ACTIVITIES_GBQ}
+        predicted = {f"{a:g}_gbq": round(dose.dose_gy(a), 2) for a in settings.dose_activities_gbq}
+        reference_gy = dose.dose_gy(settings.dose_activities_gbq[0])
         out.append({
             "prior_id": r["prior_id"], "current_id": r["current_id"], "times_h": t, "percent_injected_activity": ia,
             "mass_g": dose.mass_g, "biological_half_life_h": round(dose.biological_half_life_h, 2),
             "effective_half_life_131_h": round(dose.effective_half_life_131_h, 2),
             "time_integrated_activity_h": dose.tia_h, "gy_per_gbq": round(dose.gy_per_gbq, 3),
             "predicted_dose_gy": predicted,
-            "reaches_treat_threshold": dose.dose_gy(DOSE_ACTIVITIES_GBQ[0]) >= TREAT_THRESHOLD_GY,
-            "reaches_nodal_response_dose": dose.dose_gy(DOSE_ACTIVITIES_GBQ[0]) >= NODAL_RESPONSE_GY,
+            "reaches_treat_threshold": reference_gy >= settings.treat_threshold_gy,
+            "reaches_nodal_response_dose": reference_gy >= settings.nodal_response_gy,
         })
     return {"method": "mono-exponential retention, 124I->131I half-life scaling, local deposition "
                       "(D = 0.11066 A~[MBq h] / m[g])",
-            "thresholds_gy": {"treat": TREAT_THRESHOLD_GY, "nodal_response": NODAL_RESPONSE_GY},
+            "thresholds_gy": {"treat": settings.treat_threshold_gy, "nodal_response": settings.nodal_response_gy,
+                              "at_activity_gbq": settings.dose_activities_gbq[0]},
             "lesions": out}
+
+
+def comparison_settings_from_config(section: Any) -> ComparisonSettings:
+    return ComparisonSettings(
+        prior_window_days=section.prior_window_days, tsh_tag=section.tsh.tag, tsh_pattern=section.tsh.pattern,
+        thresholds=ChangeThresholds(gained=section.gained, reduced=section.reduced,
+                                    match_gate_mm=section.match_gate_mm),
+        dose_activities_gbq=tuple(section.dose_activities_gbq), treat_threshold_gy=section.treat_threshold_gy,
+        nodal_response_gy=section.nodal_response_gy)
