@@ -46,3 +46,20 @@ def phantom_factory(tmp_path_factory: pytest.TempPathFactory):
         return cache[options]
 
     return make
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    """Start `iodine-node serve` processes (config overrides, extra env); all stopped afterwards."""
+    from tests.peers import NodeProcess
+
+    nodes: list[NodeProcess] = []
+
+    def make(config: dict | None = None, env: dict | None = None) -> NodeProcess:
+        n = NodeProcess(tmp_path / f"node{len(nodes)}", config, env)
+        nodes.append(n)
+        return n.start()
+
+    yield make
+    for n in nodes:
+        n.stop()

@@ -191,20 +191,24 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert json.loads(next((tmp_path / "demo").rglob("results.json")).read_text())["lesions"]
 
 
+def results_after_two_scans(make_node, first, second) -> dict:
+    """Push two studies of one patient to a new node, one after the other; the second's results.json."""
+    n = make_node()
+    n.start()
+    for count, study in enumerate((first, second), start=1):
+        assert n.storescu(study.files).returncode == 0
+        wait_for(lambda count=count: len([j for j in n.jobs() if j["state"] == "done"]) == count, 90,
+                 f"job {count}")
+    return json.loads((n.root / "results" / second.truth["study_instance_uid"] / "results.json").read_text())
+
+
 def test_second_scan_is_compared_with_the_first(peers, tmp_path: Path) -> None:
     """Two withdrawal scans of one patient (TSH 30, then 120): the second job compares lesion by lesion."""
     from node.phantom import PhantomOptions, generate_phantom
 
     one = generate_phantom(tmp_path / "t1", PhantomOptions(seed=4, noise=0.0))
     two = generate_phantom(tmp_path / "t2", PhantomOptions(seed=4, noise=0.0, timepoint=2, tsh=120))
-    _, make_node = peers
-    n = make_node()
-    n.start()
-    assert n.storescu(one.files).returncode == 0
-    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 1, 60, "first job")
-    assert n.storescu(two.files).returncode == 0
-    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 90, "second job")
-    doc = json.loads((n.root / "results" / two.truth["study_instance_uid"] / "results.json").read_text())
+    doc = results_after_two_scans(peers[1], one, two)
     comparison = doc["comparison"]
     assert comparison["prior_study_instance_uid"] == one.truth["study_instance_uid"]
     assert comparison["kind"] == "separate administrations"
@@ -234,14 +238,7 @@ def test_same_administration_gives_lesion_dosimetry(peers, tmp_path: Path) -> No
 
     early = generate_phantom(tmp_path / "24", PhantomOptions(seed=6, noise=0.0, uptake_h=24))
     late = generate_phantom(tmp_path / "96", PhantomOptions(seed=6, noise=0.0, uptake_h=96))
-    _, make_node = peers
-    n = make_node()
-    n.start()
-    assert n.storescu(early.files).returncode == 0
-    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 1, 60, "first job")
-    assert n.storescu(late.files).returncode == 0
-    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 90, "second job")
-    doc = json.loads((n.root / "results" / late.truth["study_instance_uid"] / "results.json").read_text())
+    doc = results_after_two_scans(peers[1], early, late)
     comparison = doc["comparison"]
     assert comparison["kind"] == "same administration"
     doses = comparison["dosimetry"]["lesions"]

@@ -23,7 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from tests.conftest import require_tool
-from tests.peers import NodeProcess, Orthanc, pid_children, run_dcmtk, wait_for
+from tests.peers import Orthanc, pid_children, run_dcmtk, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +31,6 @@ def study(tmp_path_factory: pytest.TempPathFactory):
     from node.phantom import PhantomOptions, generate_phantom
 
     return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=11, noise=0.15))
-
-
-@pytest.fixture
-def node(tmp_path: Path):
-    nodes: list[NodeProcess] = []
-
-    def make(config: dict | None = None, env: dict | None = None) -> NodeProcess:
-        n = NodeProcess(tmp_path / f"node{len(nodes)}", config, env)
-        nodes.append(n)
-        return n.start()
-
-    yield make
-    for n in nodes:
-        n.stop()
 
 
 def dataset_bytes(path: Path) -> bytes:

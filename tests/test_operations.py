@@ -27,20 +27,6 @@ def study(tmp_path_factory: pytest.TempPathFactory):
     return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=31, noise=0.15))
 
 
-@pytest.fixture
-def node(tmp_path: Path):
-    made: list[NodeProcess] = []
-
-    def make(config: dict | None = None) -> NodeProcess:
-        n = NodeProcess(tmp_path / f"node{len(made)}", config)
-        made.append(n)
-        return n.start()
-
-    yield make
-    for n in made:
-        n.stop()
-
-
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
