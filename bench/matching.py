@@ -13,7 +13,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node.compare.study import compare_scans, ct_on_coarse_grid  # noqa: E402
+from node.compare.study import (  # noqa: E402
+    ComparisonSettings,
+    ScanView,
+    compare_scans,
+    ct_on_coarse_grid,
+    pair_scans,
+)
 from node.phantom import PhantomOptions, generate_phantom  # noqa: E402
 from node.quant.study import QuantSettings, quantify_files, results_document  # noqa: E402
 
@@ -39,8 +45,11 @@ def main() -> int:
             r1 = quantify_files(one.pet_files, one.ct_files, s)
             r2 = quantify_files(two.pet_files, two.ct_files, s)
             d1, d2 = results_document(r1, s), results_document(r2, s)
-            section = compare_scans(r2, d2, d1, ct_on_coarse_grid(one.ct_files), ct_on_coarse_grid(two.ct_files),
-                                    r1.pet_headers[0])
+            prior = ScanView(d1, r1.pet_headers[0], ct_on_coarse_grid(one.ct_files))
+            current = ScanView(d2, r2.pet_headers[0], ct_on_coarse_grid(two.ct_files))
+            settings = ComparisonSettings()
+            pairing = pair_scans(prior, current, settings.thresholds.match_gate_mm)
+            section = compare_scans(r2.suv_volume, current, prior, pairing, settings)
         by1 = {les["id"]: les for les in d1["lesions"]}
         by2 = {les["id"]: les for les in d2["lesions"]}
         seed_ok = seed_n = 0

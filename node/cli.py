@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import node
 from node.config import ConfigError, NodeConfig, dump_config, load_config
+from node.logs import setup_logging
 
 EXIT_USAGE = 2
 
@@ -37,34 +37,13 @@ def _load(args: argparse.Namespace) -> NodeConfig | None:
         return None
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        import json
-
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def _setup_logging(level: str, fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     from node.service import NodeService
 
     config = _load(args)
     if config is None:
         return EXIT_USAGE
-    _setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
+    setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
     service = NodeService(config)
     service.config_source = str(args.config or "built-in defaults")
     service.serve_forever()
@@ -223,7 +202,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from node.demo import run_demo
 
-    _setup_logging("warning")
+    setup_logging("warning")
     return run_demo(args.workdir)
 
 

@@ -293,6 +293,7 @@ class QuantificationSection(_Section):
     segmentation: SegmentationSection = SegmentationSection()
     avid: AvidSection = AvidSection()
     partial_volume: list[RecoveryPoint] | None = None
+    activity_margin_mm: PositiveFloat = 10.0
     series: SeriesSection = SeriesSection()
 
 
@@ -301,6 +302,31 @@ class TshSection(_Section):
 
     tag: str = "AdditionalPatientHistory"
     pattern: Regex = r"TSH\s*=\s*([0-9.]+)"
+    sidecar_dir: Path | None = None  # CSV/JSON files keyed by AccessionNumber; read before the attribute
+
+
+class SValuePoint(_Section):
+    """One sphere of a 131I S-value table: mass (g) -> absorbed dose per decay integral (Gy per MBq h)."""
+
+    mass_g: PositiveFloat
+    gy_per_mbq_h: PositiveFloat
+
+
+class PriorQuerySection(_Section):
+    """A PACS asked for earlier studies of the patient (C-FIND), which then sends them here
+    (C-MOVE to this node's AE title, which the PACS must know) or hands them over (C-GET)."""
+
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: Port
+    calling_ae_title: AETitle | None = None  # default: node.ae_title
+    retrieve: Literal["move", "get"] = "move"
+    move_destination: AETitle | None = None  # default: node.ae_title
+    timeout_s: PositiveFloat = 120.0
+
+
+class PriorsSection(_Section):
+    query: PriorQuerySection | None = None
 
 
 class ComparisonSection(_Section):
@@ -314,6 +340,9 @@ class ComparisonSection(_Section):
     dose_activities_gbq: list[PositiveFloat] = Field(default=[3.7, 7.4], min_length=1)
     treat_threshold_gy: PositiveFloat = 20.0
     nodal_response_gy: PositiveFloat = 80.0
+    s_values: list[SValuePoint] | None = Field(default=None, min_length=1)
+    dose_min_diameter_mm: PositiveFloat = 15.0
+    priors: PriorsSection = PriorsSection()
 
 
 class NodeConfig(_Section):

@@ -16,6 +16,7 @@ from typing import Any
 
 from node.compare.study import ComparisonSettings
 from node.index import Index, Job
+from node.logs import current_setup, setup_logging
 from node.metrics import Metrics
 from node.pipeline import JobError, run_job
 from node.quant.study import QuantSettings
@@ -28,7 +29,8 @@ def warm_up() -> None:
     import node.quant.study  # noqa: F401
 
 
-def _limit_memory(max_memory_mb: int | None) -> None:
+def _init_worker(max_memory_mb: int | None, log_level: int, log_format: str) -> None:
+    setup_logging(log_level, log_format)
     if max_memory_mb:
         limit = max_memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -70,7 +72,7 @@ class JobRunner:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: the listener's threads and sockets are not forked into workers.
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_limit_memory, initargs=(self.max_memory_mb,))
+                                   initializer=_init_worker, initargs=(self.max_memory_mb, *current_setup()))
 
     def alive(self) -> bool:
         """The runner thread runs and its pool (if any) is not broken."""

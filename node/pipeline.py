@@ -17,9 +17,18 @@ from typing import Any
 
 import pydicom
 
-from node.compare.study import ComparisonSettings, compare_scans, ct_on_coarse_grid
+from node.compare.priors import retrieve_priors
+from node.compare.study import ComparisonSettings, ScanView, ct_on_coarse_grid, inherit_tracking, relate_scans
+from node.encode.sc import PriorView
 from node.index import INDEX_FILE
-from node.quant.study import QuantSettings, SeriesFiles, StudyError, process_study, write_study_outputs
+from node.quant.study import (
+    QuantSettings,
+    SeriesFiles,
+    StudyError,
+    process_study,
+    suv_volume_of,
+    write_study_outputs,
+)
 from node.quant.suv import SuvError
 from node.quant.volume import VolumeError
 from node.uids import is_valid_uid
@@ -38,6 +47,16 @@ def _series_files(conn: sqlite3.Connection, root: Path, series_uid: str) -> list
     rows = conn.execute("SELECT path FROM instances WHERE series_uid=? ORDER BY image_index, instance_number, path",
                         (series_uid,)).fetchall()
     return [root / r[0] for r in rows]
+
+
+def _study_series(conn: sqlite3.Connection, root: Path, study_uid: str) -> dict[str, SeriesFiles]:
+    """Every series of a study in the index, with its files (for a prior that has no results yet)."""
+    out: dict[str, SeriesFiles] = {}
+    for (uid,) in conn.execute("SELECT series_uid FROM series WHERE study_uid=?", (study_uid,)).fetchall():
+        files = [f for f in _series_files(conn, root, uid) if f.is_file()]
+        if files:
+            out[uid] = SeriesFiles(uid, pydicom.dcmread(files[0], stop_before_pixels=True), files)
+    return out
 
 
 def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
@@ -65,17 +84,16 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
     except (StudyError, SuvError, VolumeError) as exc:
         raise JobError(str(exc)) from None
     primary, doc = results[0]
+    prior_view = None
     # A failed comparison is recorded in the results; it must never lose the quantification.
     try:
-        section = compare_with_prior(storage_root, study_uid, primary, doc, series,
-                                     comparison or ComparisonSettings())
+        prior_view = relate_to_priors(storage_root, study_uid, primary, doc, series,
+                                      comparison or ComparisonSettings(), settings)
     except Exception as exc:
-        log.exception("study %s: comparison with the prior scan failed", study_uid)
-        section = {"error": f"{type(exc).__name__}: {exc}"}
-    if section is not None:
-        doc["comparison"] = section
+        log.exception("study %s: relating to earlier scans failed", study_uid)
+        doc["comparison"] = {"error": f"{type(exc).__name__}: {exc}"}
     out_dir = storage_root / "results" / study_uid
-    written = write_study_outputs(out_dir, results, settings)
+    written = write_study_outputs(out_dir, results, settings, prior_view)
     summary = []
     for result, doc in results:
         lesions = doc["lesions"]
@@ -98,44 +116,96 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
             "files": [str(p.relative_to(storage_root)) for p in written], "objects": objects, "series": summary}
 
 
-def compare_with_prior(storage_root: Path, study_uid: str, result: Any, doc: dict[str, Any],
-                       series: dict[str, SeriesFiles], settings: ComparisonSettings) -> dict[str, Any] | None:
-    """Compare with the latest earlier quantified scan of the same patient in this node (within
-    comparison.prior_window_days), or None when there is none."""
+def _earlier_studies(conn: sqlite3.Connection, study_uid: str) -> tuple[tuple[str, str] | None, list[str]]:
+    me = conn.execute("SELECT patient_id, issuer_of_patient_id FROM studies WHERE study_uid=?",
+                      (study_uid,)).fetchone()
+    if me is None or not me[0]:
+        return None, []
+    others = [r[0] for r in conn.execute(
+        "SELECT study_uid FROM studies WHERE patient_id=? AND COALESCE(issuer_of_patient_id,'')=? AND study_uid<>?",
+        (me[0], me[1] or "", study_uid))]
+    return (me[0], me[1] or ""), others
+
+
+def _load_prior(storage_root: Path, conn: sqlite3.Connection, uid: str, settings: QuantSettings) -> ScanView | None:
+    """A prior scan of the node: its stored results, or (retrieved from the PACS and not yet
+    quantified) quantified now and its results stored for reuse."""
+    path = storage_root / "results" / uid / "results.json"
+    if path.is_file():
+        prior = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        series = _study_series(conn, storage_root, uid)
+        if not any(s.modality == "PT" for s in series.values()):
+            return None
+        try:
+            results = process_study(series, settings)
+        except (StudyError, SuvError, VolumeError) as exc:
+            log.warning("prior study %s cannot be quantified: %s", uid, exc)
+            return None
+        write_study_outputs(storage_root / "results" / uid, results, settings)
+        prior = results[0][1]
+    if not prior.get("injection_datetime") or not prior.get("injected_activity_bq"):
+        return None
+    prior_ct = _series_files(conn, storage_root, prior["ct_series_instance_uid"]) \
+        if prior.get("ct_series_instance_uid") else []
+    prior_pet = _series_files(conn, storage_root, prior["pet_series_instance_uid"])
+    return ScanView(prior, pydicom.dcmread(prior_pet[0], stop_before_pixels=True) if prior_pet else pydicom.Dataset(),
+                    ct_on_coarse_grid(prior_ct) if prior_ct else None)
+
+
+def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[str, Any],
+                     series: dict[str, SeriesFiles], settings: ComparisonSettings,
+                     quant: QuantSettings) -> PriorView | None:
+    """Find earlier scans of the same patient (this node first; the PACS when configured), add
+    `comparison` / `dosimetry` to doc, carry tracking UIDs over; returns what the side-by-side
+    page needs, or None."""
+    if not doc.get("reference_datetime") or not doc.get("injection_datetime"):
+        return None
+    reference = datetime.fromisoformat(doc["reference_datetime"])
+    window_s = settings.prior_window_days * 86400
+    if settings.query is not None:
+        conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
+        try:
+            patient, known = _earlier_studies(conn, study_uid)
+        finally:
+            conn.close()
+        if patient is not None:
+            retrieved = retrieve_priors(settings.query, patient[0], patient[1], study_uid, reference,
+                                        settings.prior_window_days, set(known), storage_root)
+            if retrieved:
+                log.info("study %s: %d prior study(ies) retrieved from the PACS", study_uid, len(retrieved))
     conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
     try:
-        me = conn.execute("SELECT patient_id, issuer_of_patient_id FROM studies WHERE study_uid=?",
-                          (study_uid,)).fetchone()
-        if me is None or not me[0]:
-            return None
-        others = [r[0] for r in conn.execute(
-            "SELECT study_uid FROM studies WHERE patient_id=? AND COALESCE(issuer_of_patient_id,'')=? AND study_uid<>?",
-            (me[0], me[1] or "", study_uid))]
-        reference = datetime.fromisoformat(doc["reference_datetime"])
-        candidates = []
+        _, others = _earlier_studies(conn, study_uid)
+        priors = []
         for uid in others:
-            path = storage_root / "results" / uid / "results.json"
-            if not is_valid_uid(uid) or not path.is_file():
+            if not is_valid_uid(uid):
                 continue
-            prior = json.loads(path.read_text(encoding="utf-8"))
-            when = datetime.fromisoformat(prior["reference_datetime"])
-            if when < reference and (reference - when).total_seconds() <= settings.prior_window_days * 86400:
-                candidates.append((when, prior))
-        if not candidates:
-            return None
-        prior = max(candidates, key=lambda c: c[0])[1]
-        prior_ct = _series_files(conn, storage_root, prior["ct_series_instance_uid"]) \
-            if prior.get("ct_series_instance_uid") else []
-        prior_pet = _series_files(conn, storage_root, prior["pet_series_instance_uid"])
+            view = _load_prior(storage_root, conn, uid, quant)
+            if view is None or not view.doc.get("reference_datetime"):
+                continue
+            when = datetime.fromisoformat(view.doc["reference_datetime"])
+            if when < reference and (reference - when).total_seconds() <= window_s:
+                priors.append(view)
     finally:
         conn.close()
+    if not priors:
+        return None
     current_ct = series[doc["ct_series_instance_uid"]].paths if doc.get("ct_series_instance_uid") in series else []
-    log.info("study %s: comparing with prior study %s", study_uid, prior["study_instance_uid"])
-    return compare_scans(result, doc, prior,
-                         ct_on_coarse_grid(prior_ct) if prior_ct else None,
-                         ct_on_coarse_grid(current_ct) if current_ct else None,
-                         pydicom.dcmread(prior_pet[0], stop_before_pixels=True) if prior_pet else pydicom.Dataset(),
-                         settings)
+    current = ScanView(doc, result.pet_headers[0], ct_on_coarse_grid(current_ct) if current_ct else None)
+    log.info("study %s: relating to %d earlier scan(s): %s", study_uid, len(priors),
+             ", ".join(p.doc["study_instance_uid"] for p in priors))
+    sections, pairing, compared = relate_scans(result.suv_volume, current, priors, settings)
+    doc.update(sections)
+    inherit_tracking(doc, pairing)
+    if compared is None:
+        return None
+    conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
+    try:
+        pet = _series_files(conn, storage_root, compared.doc["pet_series_instance_uid"])
+    finally:
+        conn.close()
+    return PriorView(compared.doc, suv_volume_of(pet)) if pet else None
 
 
 def run_job(kind: str, storage_root: str, study_uid: str, payload: dict[str, Any],

@@ -50,7 +50,7 @@ class NodeService:
         self.runner = JobRunner(self.index, self.root, config.processing.workers,
                                 settings_from_config(config.quantification), config.processing.max_memory_mb,
                                 destinations=config.destinations, metrics=self.metrics,
-                                comparison=comparison_settings_from_config(config.comparison))
+                                comparison=comparison_settings_from_config(config.comparison, config.node.ae_title))
         self.sender = Sender(self.index, self.root, config, self.metrics, self.audit)
         self.monitor.audit = self.audit
         retention = config.storage.retention

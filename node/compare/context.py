@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from pydicom.dataset import Dataset
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TSH_TAG = "AdditionalPatientHistory"
 DEFAULT_TSH_PATTERN = r"TSH\s*=\s*([0-9.]+)"
@@ -39,3 +45,72 @@ def same_administration(a: Administration, b: Administration) -> bool:
     comparison): the same start time (within an hour) and the same administered activity (1 %)."""
     return (abs((a.when - b.when).total_seconds()) <= SAME_ADMINISTRATION_TOLERANCE_S
             and abs(a.activity_bq - b.activity_bq) <= SAME_ACTIVITY_TOLERANCE * max(a.activity_bq, b.activity_bq))
+
+
+ACCESSION_KEYS = ("accessionnumber", "accession_number", "accession")
+TSH_KEYS = ("tsh", "tsh_uiu_per_ml", "tsh_miu_per_l")  # uIU/mL = mIU/L
+
+
+def _norm(key: str) -> str:
+    return key.strip().lower().replace(" ", "_")
+
+
+def _pick(row: dict[str, object], names: tuple[str, ...]) -> object:
+    for key, value in row.items():
+        if _norm(str(key)) in names:
+            return value
+    return None
+
+
+def read_tsh_sidecars(folder: Path) -> dict[str, tuple[float, str]]:
+    """{AccessionNumber: (TSH, file name)} from every *.csv / *.json in `folder`, newer files winning.
+
+    CSV: a header row with an accession column (AccessionNumber, accession_number or accession) and
+    a TSH column (TSH, tsh_uiu_per_ml or tsh_miu_per_l). JSON: {"<accession>": <TSH>, ...} or a
+    list of objects with those keys. A file that cannot be read is logged by name and skipped.
+    """
+    found: dict[str, tuple[float, str]] = {}
+    if not folder.is_dir():
+        return found
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".csv", ".json") and p.is_file()),
+                   key=lambda p: (p.stat().st_mtime, p.name))
+    for path in files:
+        try:
+            if path.suffix.lower() == ".csv":
+                with open(path, newline="", encoding="utf-8-sig") as fh:
+                    rows: list[dict[str, object]] = list(csv.DictReader(fh))
+            else:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                rows = ([{"accession": k, "tsh": v} for k, v in data.items()] if isinstance(data, dict)
+                        else [r for r in data if isinstance(r, dict)])
+        except (OSError, ValueError, csv.Error, AttributeError, TypeError) as exc:
+            log.warning("TSH sidecar %s skipped: %s", path.name, exc)
+            continue
+        for n, row in enumerate(rows, start=1):
+            accession, value = _pick(row, ACCESSION_KEYS), _pick(row, TSH_KEYS)
+            if accession is None or value in (None, ""):
+                continue
+            try:
+                found[str(accession).strip()] = (float(str(value).strip()), path.name)
+            except ValueError:
+                log.warning("TSH sidecar %s row %d: TSH %r is not a number", path.name, n, value)
+    return found
+
+
+@dataclass(frozen=True)
+class TshSource:
+    """Where TSH is read: a sidecar folder (by AccessionNumber) first, then the header attribute."""
+
+    tag: str = DEFAULT_TSH_TAG
+    pattern: str = DEFAULT_TSH_PATTERN
+    sidecar_dir: Path | None = None
+
+    def lookup(self, header: Dataset, accession: str | None = None) -> tuple[float | None, str]:
+        """(TSH in uIU/mL or None, where it came from: the sidecar file, the attribute, or "unknown")."""
+        accession = accession if accession is not None else str(header.get("AccessionNumber", "") or "")
+        if self.sidecar_dir is not None and accession:
+            hit = read_tsh_sidecars(self.sidecar_dir).get(accession.strip())
+            if hit is not None:
+                return hit[0], f"sidecar {hit[1]}"
+        value = read_tsh(header, self.tag, self.pattern)
+        return (value, f"attribute {self.tag}") if value is not None else (None, "unknown")

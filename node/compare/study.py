@@ -1,5 +1,6 @@
-"""Compare a quantified scan with an earlier one of the same patient (results.json sections
-`comparison` and, for one administration imaged twice, `dosimetry`)."""
+"""Relate a quantified scan to earlier scans of the same patient: the `comparison` section (two
+administrations, the TSH question) and the `dosimetry` section (one administration imaged at
+several times) of results.json. Pure over results documents, headers and coarse CT volumes."""
 
 from __future__ import annotations
 
@@ -11,19 +12,16 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 
-from node.compare.context import (
-    DEFAULT_TSH_PATTERN,
-    DEFAULT_TSH_TAG,
-    Administration,
-    read_tsh,
-    same_administration,
-)
+from node.compare.context import Administration, TshSource, same_administration
 from node.compare.dosimetry import lesion_dose
-from node.compare.matching import LOST, ChangeThresholds, classify_change, match_lesions, patient_summary
+from node.compare.matching import LOST, NEW, ChangeThresholds, Match, classify_change, match_lesions, patient_summary
+from node.compare.priors import PriorQuery
 from node.compare.register import register_rigid
-from node.quant.study import SeriesResult
 from node.quant.volume import Volume, assemble, resample_like
+
+TRACKED_LABELS = ("metastasis", "remnant")
 
 
 @dataclass(frozen=True)
@@ -31,14 +29,49 @@ class ComparisonSettings:
     """`comparison` in the configuration (documented defaults)."""
 
     prior_window_days: float = 90.0
-    tsh_tag: str = DEFAULT_TSH_TAG
-    tsh_pattern: str = DEFAULT_TSH_PATTERN
+    tsh: TshSource = field(default_factory=TshSource)
     thresholds: ChangeThresholds = field(default_factory=ChangeThresholds)
     dose_activities_gbq: tuple[float, ...] = (3.7, 7.4)
     # Ho et al., NEJM 2013: treat if the predicted lesion dose is >= 20 Gy; Maxon 1983/1992:
     # >= 80-85 Gy for nodal metastases (shared/reference/iodine124.md)
     treat_threshold_gy: float = 20.0
     nodal_response_gy: float = 80.0
+    s_values: tuple[tuple[float, float], ...] | None = None  # (sphere mass g, Gy per MBq h)
+    query: PriorQuery | None = None  # a PACS to ask for earlier studies
+    # Below about twice the PET resolution (124I: 6-8 mm FWHM, iodine124.md) the delineated volume,
+    # hence the mass, is overestimated and the dose underestimated: such rows are flagged.
+    dose_min_diameter_mm: float = 15.0
+
+
+@dataclass(frozen=True)
+class ScanView:
+    """One quantified scan as the comparison sees it: its results.json, first PET header and CT on a
+    coarse grid (None without CT)."""
+
+    doc: dict[str, Any]
+    header: Dataset
+    ct: Volume | None = None
+
+    @property
+    def administration(self) -> Administration:
+        return Administration(datetime.fromisoformat(self.doc["injection_datetime"]),
+                              float(self.doc["injected_activity_bq"]))
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Lesions of a prior scan matched to the current one after registration."""
+
+    registration: dict[str, Any]
+    prior_lesions: list[dict[str, Any]]
+    current_lesions: list[dict[str, Any]]
+    mapped_mm: np.ndarray  # prior centroids in the current scan's coordinates
+    matches: list[Match]
+
+    def current_to_prior(self) -> dict[int, dict[str, Any]]:
+        """{current lesion id: matched prior lesion}."""
+        return {self.current_lesions[m.second]["id"]: self.prior_lesions[m.first] for m in self.matches
+                if m.first is not None and m.second is not None}
 
 
 def ct_on_coarse_grid(ct_paths: Sequence[Path], spacing_mm: float = 4.0) -> Volume:
@@ -51,6 +84,32 @@ def ct_on_coarse_grid(ct_paths: Sequence[Path], spacing_mm: float = 4.0) -> Volu
     return resample_like(ct, grid, -1000.0)
 
 
+def tracked(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Lesions followed over time: metastases and the thyroid-bed remnant (not physiological uptake)."""
+    return [les for les in doc["lesions"] if les["label"] in TRACKED_LABELS]
+
+
+def pair_scans(prior: ScanView, current: ScanView, gate_mm: float) -> Pairing:
+    prior_lesions, current_lesions = tracked(prior.doc), tracked(current.doc)
+    p1 = np.array([les["centroid_mm"] for les in prior_lesions], float).reshape(-1, 3)
+    mapped = p1
+    registration: dict[str, Any] = {"method": "none (no CT in one scan): scanner coordinates"}
+    if prior.ct is not None and current.ct is not None and len(p1):
+        reg = register_rigid(current.ct, prior.ct)
+        mapped = reg.scan1_to_scan2(p1)
+        registration = {"method": "rigid CT-CT, Mattes mutual information", "metric": reg.metric,
+                        "iterations": reg.iterations}
+    p2 = np.array([les["centroid_mm"] for les in current_lesions], float).reshape(-1, 3)
+    return Pairing(registration, prior_lesions, current_lesions, mapped, match_lesions(mapped, p2, gate_mm))
+
+
+def time_point(view: ScanView, tsh: TshSource) -> dict[str, Any]:
+    value, source = tsh.lookup(view.header, view.doc.get("accession_number"))
+    return {"study_instance_uid": view.doc["study_instance_uid"], "accession_number": view.doc.get("accession_number"),
+            "reference_datetime": view.doc["reference_datetime"], "injection_datetime": view.doc["injection_datetime"],
+            "uptake_time_h": view.doc.get("uptake_time_h"), "tsh_uiu_per_ml": value, "tsh_source": source}
+
+
 def _sphere_max(vol: Volume, centre_mm: np.ndarray, radius_mm: float) -> float | None:
     k, j, i = np.round(vol.lps_to_index(np.asarray(centre_mm))).astype(int)
     r = [int(np.ceil(radius_mm / s)) for s in vol.spacing[::-1]]
@@ -60,112 +119,178 @@ def _sphere_max(vol: Volume, centre_mm: np.ndarray, radius_mm: float) -> float |
     return float(block.max()) if block.size else None
 
 
-def compare_scans(current: SeriesResult, current_doc: dict[str, Any], prior_doc: dict[str, Any],
-                  prior_ct_on_grid: Volume | None, current_ct_on_grid: Volume | None, prior_pet_header: Any,
+def compare_scans(current_suv: Volume, current: ScanView, prior: ScanView, pairing: Pairing,
                   settings: ComparisonSettings | None = None) -> dict[str, Any]:
-    """The `comparison` section (and `dosimetry` inside it for one administration)."""
+    """The `comparison` section: each lesion's values at both scans, change and category."""
     settings = settings or ComparisonSettings()
     thresholds = settings.thresholds
-    prior_lesions = [les for les in prior_doc["lesions"] if les["label"] in ("metastasis", "remnant")]
-    current_lesions = [les for les in current_doc["lesions"] if les["label"] in ("metastasis", "remnant")]
-    registration: dict[str, Any] = {"method": "none (no CT): scanner coordinates"}
-    p1 = np.array([les["centroid_mm"] for les in prior_lesions], float).reshape(-1, 3)
-    mapped = p1
-    if prior_ct_on_grid is not None and current_ct_on_grid is not None and len(p1):
-        reg = register_rigid(current_ct_on_grid, prior_ct_on_grid)
-        mapped = reg.scan1_to_scan2(p1)
-        registration = {"method": "rigid CT-CT, Mattes mutual information", "metric": reg.metric,
-                        "iterations": reg.iterations}
-    p2 = np.array([les["centroid_mm"] for les in current_lesions], float).reshape(-1, 3)
-    matches = match_lesions(mapped, p2, thresholds.match_gate_mm)
     rows = []
-    for m in matches:
-        a = prior_lesions[m.first] if m.first is not None else None
-        b = current_lesions[m.second] if m.second is not None else None
+    for m in pairing.matches:
+        a = pairing.prior_lesions[m.first] if m.first is not None else None
+        b = pairing.current_lesions[m.second] if m.second is not None else None
+        residual = None
         if a is not None and b is None:
             # Gone from the current scan: report what is at the mapped place (SUVmax within the
             # lesion's radius + 5 mm), so "lost" rests on a measurement.
             radius = (3 * a["volume_ml"] * 1000 / (4 * np.pi)) ** (1 / 3) + 5.0
-            residual = _sphere_max(current.suv_volume, mapped[m.first], radius)
-        else:
-            residual = None
+            residual = _sphere_max(current_suv, pairing.mapped_mm[m.first], radius)
         suv1, suv2 = (a["suv_max"] if a else None), (b["suv_max"] if b else None)
         category = classify_change(suv1, suv2, bool(a and a["iodine_avid"]), bool(b and b["iodine_avid"]), thresholds)
 
-        def pair(key: str, a: dict | None = a, b: dict | None = b) -> list[float | None]:
-            return [a[key] if a else None, b[key] if b else None]
+        def pair(key: str, a: dict | None = a, b: dict | None = b) -> list[Any]:
+            return [a.get(key) if a else None, b.get(key) if b else None]
 
-        rows.append({
+        def change(key: str, a: dict | None = a, b: dict | None = b) -> tuple[float | None, float | None]:
+            v1, v2 = (a.get(key) if a else None), (b.get(key) if b else None)
+            if v1 is None or v2 is None:
+                return None, None
+            return round(v2 - v1, 6), (round((v2 - v1) / v1, 4) if v1 else None)
+
+        row: dict[str, Any] = {
             "prior_id": a["id"] if a else None, "current_id": b["id"] if b else None,
-            "prior_centroid_mapped_mm": [round(float(v), 2) for v in mapped[m.first]] if m.first is not None else None,
+            "tracking_uid": a.get("tracking_uid") if a else None,
+            "prior_centroid_mapped_mm": ([round(float(v), 2) for v in pairing.mapped_mm[m.first]]
+                                         if m.first is not None else None),
             "match_distance_mm": round(m.distance_mm, 2) if m.distance_mm is not None else None,
             "category": category,
-            "suv_max": pair("suv_max"), "suv_peak": pair("suv_peak"), "volume_ml": pair("volume_ml"),
-            "percent_injected_activity": pair("percent_injected_activity"),
-            "lesion_to_background": pair("lesion_to_background"), "iodine_avid": pair("iodine_avid"),
-            "relative_change_suv_max": (round((suv2 - suv1) / suv1, 4) if suv1 and suv2 is not None else None),
-            "residual_suv_max_at_prior_site": residual,
-        })
-    prior_admin = Administration(datetime.fromisoformat(prior_doc["injection_datetime"]),
-                                 float(prior_doc["injected_activity_bq"]))
-    current_admin = Administration(datetime.fromisoformat(current_doc["injection_datetime"]),
-                                   float(current_doc["injected_activity_bq"]))
-    one_administration = same_administration(prior_admin, current_admin)
-    section: dict[str, Any] = {
-        "prior_study_instance_uid": prior_doc["study_instance_uid"],
-        "kind": "same administration" if one_administration else "separate administrations",
-        "tsh_uiu_per_ml": {"prior": read_tsh(prior_pet_header, settings.tsh_tag, settings.tsh_pattern),
-                           "current": read_tsh(current.pet_headers[0], settings.tsh_tag, settings.tsh_pattern)},
-        "registration": registration,
+            "site": (b or a or {}).get("site"),
+        }
+        for key in ("suv_max", "suv_peak", "volume_ml", "percent_injected_activity", "lesion_to_background"):
+            row[key] = pair(key)
+            row[f"absolute_change_{key}"], row[f"relative_change_{key}"] = change(key)
+        row["iodine_avid"] = pair("iodine_avid")
+        row["residual_suv_max_at_prior_site"] = residual
+        rows.append(row)
+    rows.sort(key=lambda r: (r["current_id"] is None, r["current_id"] or 0, r["prior_id"] or 0))
+    avid_at_higher = [bool(r["iodine_avid"][1]) for r in rows if r["category"] != NEW] + \
+        [True for r in rows if r["category"] == NEW]
+    points = [time_point(prior, settings.tsh), time_point(current, settings.tsh)]
+    return {
+        "prior_study_instance_uid": prior.doc["study_instance_uid"],
+        "kind": "separate administrations",
+        "time_points": points,
+        "tsh_uiu_per_ml": {"prior": points[0]["tsh_uiu_per_ml"], "current": points[1]["tsh_uiu_per_ml"]},
+        "registration": pairing.registration,
         "thresholds": {"gained": thresholds.gained, "reduced": thresholds.reduced,
                        "match_gate_mm": thresholds.match_gate_mm},
         "lesions": rows,
-        "summary": patient_summary([r["category"] for r in rows],
-                                   [bool(r["iodine_avid"][1]) for r in rows if r["category"] != "new"]
-                                   + [True for r in rows if r["category"] == "new"]),
+        "summary": patient_summary([r["category"] for r in rows], avid_at_higher),
         "refractory_candidates": [r["prior_id"] for r in rows if r["category"] == LOST],
     }
-    if one_administration:
-        section["dosimetry"] = _dosimetry(rows, prior_doc, current_doc, settings)
-    return section
 
 
-def _dosimetry(rows: list[dict[str, Any]], prior_doc: dict[str, Any], current_doc: dict[str, Any],
-               settings: ComparisonSettings) -> dict[str, Any]:
-    t = [float(prior_doc["uptake_time_h"]), float(current_doc["uptake_time_h"])]
+def dosimetry_section(current: ScanView, priors: Sequence[tuple[ScanView, Pairing]],
+                      settings: ComparisonSettings | None = None) -> dict[str, Any]:
+    """The `dosimetry` section from the current scan and earlier scans of the same administration.
+
+    Per lesion, each time point where it was matched contributes its retention: the recovered
+    (spill-out included) %IA when results carry it, else the VOI's %IA. The lesion mass comes from
+    the delineation at the time point of highest SUVmax (best contrast), 1 g/ml.
+    """
+    settings = settings or ComparisonSettings()
+    views = sorted([p for p, _ in priors] + [current], key=lambda v: float(v.doc["uptake_time_h"]))
+    links = [(view, pairing.current_to_prior()) for view, pairing in priors]
     out = []
-    for r in rows:
-        ia = r["percent_injected_activity"]
-        if None in ia or any(v <= 0 for v in ia):
+    for lesion in tracked(current.doc):
+        points = [(view, prior_map[lesion["id"]]) for view, prior_map in links if lesion["id"] in prior_map]
+        points.append((current, lesion))
+        points.sort(key=lambda p: float(p[0].doc["uptake_time_h"]))
+        times = [float(v.doc["uptake_time_h"]) for v, _ in points]
+        retention = [les.get("percent_injected_activity_recovered") or les.get("percent_injected_activity")
+                     for _, les in points]
+        row: dict[str, Any] = {"current_id": lesion["id"], "site": lesion["site"], "times_h": times,
+                               "percent_injected_activity": retention, "lesion_ids": [les["id"] for _, les in points]}
+        if len(points) < 2:
+            row["error"] = "matched at one time point only: no dosimetry"
+            out.append(row)
             continue
-        volume = max(v for v in r["volume_ml"] if v is not None)
+        if any(r is None or r <= 0 for r in retention):
+            row["error"] = "no %IA at every time point (administration time or activity unknown)"
+            out.append(row)
+            continue
+        best = max(points, key=lambda p: p[1]["suv_max"])[1]
         try:
-            dose = lesion_dose(t, ia, volume)
+            dose = lesion_dose(times, retention, best["volume_ml"], s_table=settings.s_values)
         except ValueError as exc:
-            out.append({"prior_id": r["prior_id"], "current_id": r["current_id"], "error": str(exc)})
+            row["error"] = str(exc)
+            out.append(row)
             continue
-        predicted = {f"{a:g}_gbq": round(dose.dose_gy(a), 2) for a in settings.dose_activities_gbq}
         reference_gy = dose.dose_gy(settings.dose_activities_gbq[0])
-        out.append({
-            "prior_id": r["prior_id"], "current_id": r["current_id"], "times_h": t, "percent_injected_activity": ia,
-            "mass_g": dose.mass_g, "biological_half_life_h": round(dose.biological_half_life_h, 2),
+        diameter_mm = 10.0 * (6.0 * best["volume_ml"] / np.pi) ** (1 / 3)
+        row.update({
+            "model": dose.model, "mass_g": round(dose.mass_g, 4), "s_value": dose.s_value_source,
+            "equivalent_diameter_mm": round(diameter_mm, 1),
+            "mass_reliable": diameter_mm >= settings.dose_min_diameter_mm,
+            "biological_half_life_h": round(dose.biological_half_life_h, 2),
             "effective_half_life_131_h": round(dose.effective_half_life_131_h, 2),
             "time_integrated_activity_h": dose.tia_h, "gy_per_gbq": round(dose.gy_per_gbq, 3),
-            "predicted_dose_gy": predicted,
+            "predicted_dose_gy": {f"{a:g}_gbq": round(dose.dose_gy(a), 2) for a in settings.dose_activities_gbq},
             "reaches_treat_threshold": reference_gy >= settings.treat_threshold_gy,
             "reaches_nodal_response_dose": reference_gy >= settings.nodal_response_gy,
         })
-    return {"method": "mono-exponential retention, 124I->131I half-life scaling, local deposition "
-                      "(D = 0.11066 A~[MBq h] / m[g])",
-            "thresholds_gy": {"treat": settings.treat_threshold_gy, "nodal_response": settings.nodal_response_gy,
-                              "at_activity_gbq": settings.dose_activities_gbq[0]},
-            "lesions": out}
+        out.append(row)
+    return {
+        "method": "retention from %IA decay-corrected to administration (spill-out recovered); "
+                  "mono-exponential, or uptake + washout with >= 3 time points; 124I->131I half-life scaling; "
+                  + ("sphere S-value table" if settings.s_values else
+                     "local deposition (D = 0.11066 A~[MBq h] / m[g])"),
+        "time_points": [time_point(v, settings.tsh) for v in views],
+        "thresholds_gy": {"treat": settings.treat_threshold_gy, "nodal_response": settings.nodal_response_gy,
+                          "at_activity_gbq": settings.dose_activities_gbq[0]},
+        "lesions": out,
+    }
 
 
-def comparison_settings_from_config(section: Any) -> ComparisonSettings:
-    return ComparisonSettings(
-        prior_window_days=section.prior_window_days, tsh_tag=section.tsh.tag, tsh_pattern=section.tsh.pattern,
+def relate_scans(current_suv: Volume, current: ScanView, priors: Sequence[ScanView],
+                 settings: ComparisonSettings | None = None) -> tuple[dict[str, Any], Pairing | None, ScanView | None]:
+    """({"comparison": ..., "dosimetry": ...} as they apply, the pairing the tracking UIDs follow, and the
+    prior scan of the comparison). `priors` are earlier scans of the same patient, any order."""
+    settings = settings or ComparisonSettings()
+    gate = settings.thresholds.match_gate_mm
+    mine = current.administration
+    same = [p for p in priors if same_administration(p.administration, mine)]
+    other = [p for p in priors if not same_administration(p.administration, mine)]
+    sections: dict[str, Any] = {}
+    latest: tuple[datetime, Pairing] | None = None
+    compared: ScanView | None = None
+    if other:
+        compared = max(other, key=lambda p: p.doc["reference_datetime"])
+        pairing = pair_scans(compared, current, gate)
+        sections["comparison"] = compare_scans(current_suv, current, compared, pairing, settings)
+        latest = (datetime.fromisoformat(compared.doc["reference_datetime"]), pairing)
+    if same:
+        pairings = [(p, pair_scans(p, current, gate)) for p in same]
+        sections["dosimetry"] = dosimetry_section(current, pairings, settings)
+        for p, pairing in pairings:
+            when = datetime.fromisoformat(p.doc["reference_datetime"])
+            if latest is None or when > latest[0]:
+                latest = (when, pairing)
+    return sections, (latest[1] if latest else None), compared
+
+
+def inherit_tracking(doc: dict[str, Any], pairing: Pairing | None) -> None:
+    """A lesion matched to an earlier scan keeps that scan's tracking UID and identifier (PS3.16 TID
+    1500: one tracking UID per lesion across time points; dicom-results.md)."""
+    if pairing is None:
+        return
+    links = pairing.current_to_prior()
+    for lesion in doc["lesions"]:
+        prior = links.get(lesion["id"])
+        if prior is not None and prior.get("tracking_uid"):
+            lesion["tracking_uid"] = prior["tracking_uid"]
+            lesion["tracking_id"] = prior.get("tracking_id") or f"Lesion {prior['id']}"
+
+
+def comparison_settings_from_config(section: Any, node_ae_title: str = "IODINE_NODE") -> ComparisonSettings:
+    q = section.priors.query
+    query = PriorQuery(q.ae_title, q.host, q.port, q.calling_ae_title or node_ae_title, q.retrieve,
+                       q.move_destination or node_ae_title, q.timeout_s) if q is not None else None
+    return ComparisonSettings(query=query,
+        prior_window_days=section.prior_window_days,
+        tsh=TshSource(section.tsh.tag, section.tsh.pattern,
+                      Path(section.tsh.sidecar_dir) if section.tsh.sidecar_dir else None),
         thresholds=ChangeThresholds(gained=section.gained, reduced=section.reduced,
                                     match_gate_mm=section.match_gate_mm),
         dose_activities_gbq=tuple(section.dose_activities_gbq), treat_threshold_gy=section.treat_threshold_gy,
-        nodal_response_gy=section.nodal_response_gy)
+        nodal_response_gy=section.nodal_response_gy, dose_min_diameter_mm=section.dose_min_diameter_mm,
+        s_values=tuple((p.mass_g, p.gy_per_mbq_h) for p in section.s_values) if section.s_values else None)

@@ -17,6 +17,33 @@ REFERENCE_SOFT_TISSUE = Code("REF-SOFT-TISSUE", PRIVATE_SCHEME, "Soft-tissue ref
 NO_FOCI = Code("NO-FOCI", PRIVATE_SCHEME, "No focus of iodine uptake found")
 FINDING = codes.DCM.Finding  # DCM 121071
 
+# Change since the prior time point (two administrations: the TSH comparison)
+SUVMAX_PRIOR = Code("SUVMAX-PRIOR", PRIVATE_SCHEME, "SUVbw max at prior time point")
+SUVMAX_CHANGE = Code("SUVMAX-CHANGE", PRIVATE_SCHEME, "Relative change of SUVbw max since prior time point")
+PERCENT_IA_PRIOR = Code("PCT-IA-PRIOR", PRIVATE_SCHEME, "Percent of injected activity at prior time point")
+SUVMAX_RESIDUAL = Code("SUVMAX-RESIDUAL", PRIVATE_SCHEME, "SUVbw max at the mapped site of the prior lesion")
+IODINE_AVID_PRIOR = Code("IODINE-AVID-PRIOR", PRIVATE_SCHEME, "Iodine-avid at prior time point")
+UPTAKE_CHANGE = Code("UPTAKE-CHANGE", PRIVATE_SCHEME, "Iodine uptake change since prior time point")
+CHANGE_CATEGORIES: dict[str, Code] = {
+    "gained uptake": Code("GAINED", PRIVATE_SCHEME, "Gained uptake"),
+    "stable": Code("STABLE", PRIVATE_SCHEME, "Stable uptake"),
+    "reduced uptake": Code("REDUCED", PRIVATE_SCHEME, "Reduced uptake"),
+    "lost (refractory candidate)": Code("LOST", PRIVATE_SCHEME, "Lost uptake (radioiodine-refractory candidate)"),
+    "new": Code("NEW", PRIVATE_SCHEME, "New lesion"),
+}
+
+# 131I lesion dosimetry from serial 124I scans of one administration
+DOSE_PER_ACTIVITY = Code("DOSE-PER-GBQ", PRIVATE_SCHEME, "Predicted 131I absorbed dose per administered activity")
+EFFECTIVE_HALF_LIFE = Code("T-EFF-131", PRIVATE_SCHEME, "131I effective half-life in lesion")
+BIOLOGICAL_HALF_LIFE = Code("T-BIO", PRIVATE_SCHEME, "Biological half-life of iodine in lesion")
+TIME_INTEGRATED_ACTIVITY = Code("TIA-PER-A0", PRIVATE_SCHEME, "131I time-integrated activity per administered activity")
+
+
+def predicted_dose(activity_gbq: float) -> Code:
+    """One concept per planned activity, e.g. "Predicted 131I absorbed dose for 3.7 GBq"."""
+    return Code(f"DOSE-{activity_gbq:g}GBQ", PRIVATE_SCHEME, f"Predicted 131I absorbed dose for {activity_gbq:g} GBq")
+
+
 SUVBW = codes.DCM.Suvbw  # DCM 126401 "SUVbw"
 MAXIMUM = codes.SCT.Maximum  # SCT 56851009
 MEAN = codes.SCT.Mean  # SCT 373098007
@@ -35,6 +62,9 @@ UNIT_G = Code("g", "UCUM", "gram")
 UNIT_RATIO = Code("1", "UCUM", "no units")
 UNIT_MBQ = Code("MBq", "UCUM", "megabecquerel")
 UNIT_PERCENT = Code("%", "UCUM", "percent")
+UNIT_GY = Code("Gy", "UCUM", "gray")
+UNIT_GY_PER_GBQ = Code("Gy/GBq", "UCUM", "gray per gigabecquerel")
+UNIT_HOUR = Code("h", "UCUM", "hour")
 
 # Segments (SEG) and findings (SR)
 MORPHOLOGICALLY_ABNORMAL = codes.SCT.MorphologicallyAbnormalStructure  # SCT 49755003

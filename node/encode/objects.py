@@ -9,15 +9,30 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from node.encode.identity import ResultIdentity, settings_digest
-from node.encode.sc import build_sc
+from node.encode.sc import PriorView, build_sc
 from node.encode.seg import build_seg
 from node.encode.sr import build_sr
 from node.quant.study import QuantSettings, SeriesResult
 
 
-def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSettings) -> list[tuple[str, Dataset]]:
-    """[(kind, dataset)]: SEG (when there are foci), SR, one or more SC pages."""
+def settle_tracking(doc: dict[str, Any], identity: ResultIdentity) -> dict[int, tuple[str, str]]:
+    """{lesion id: (tracking UID, tracking identifier)}: inherited from an earlier scan when the lesion
+    was matched to one (set in doc by the comparison), else new; recorded in doc."""
+    out = {}
+    for lesion in doc["lesions"]:
+        if not lesion.get("tracking_uid"):
+            lesion["tracking_uid"] = identity.tracking_uid(lesion["id"])
+            lesion["tracking_id"] = f"Lesion {lesion['id']}"
+        out[lesion["id"]] = (lesion["tracking_uid"], lesion.get("tracking_id") or f"Lesion {lesion['id']}")
+    return out
+
+
+def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSettings,
+                  prior: PriorView | None = None) -> list[tuple[str, Dataset]]:
+    """[(kind, dataset)]: SEG (when there are foci), SR, one or more SC pages (a side-by-side page
+    with the earlier scan first when `prior` is given)."""
     identity = ResultIdentity(result.pet_series_uid, result.ct_series_uid, settings_digest(settings))
+    tracking = settle_tracking(doc, identity)
     source = result.pet_headers[0]
     # Carried over so names keep their encoding. highdicom takes single values; a code-extension
     # set such as "\ISO 2022 IR 58" is applied after construction (pydicom encodes on write).
@@ -27,11 +42,11 @@ def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSett
     time_point = f"{source.get('StudyDate', '')} ({uptake:.0f} h after 124I administration)" if uptake is not None \
         else str(source.get("StudyDate", ""))
     out: list[tuple[str, Dataset]] = []
-    seg = build_seg(result, identity, charset)
+    seg = build_seg(result, identity, tracking, charset)
     if seg is not None:
         out.append(("seg", seg))
-    out.append(("sr", build_sr(result, identity, seg, time_point, charset)))
-    out += [("sc", sc) for sc in build_sc(result, doc, identity, charset)]
+    out.append(("sr", build_sr(result, doc, identity, tracking, seg, time_point, charset)))
+    out += [("sc", sc) for sc in build_sc(result, doc, identity, charset, prior)]
     if original is not None and charset is None:
         for _, ds in out:
             ds.SpecificCharacterSet = list(original)

@@ -7,6 +7,9 @@ different studies compare at a glance; patient's right on the viewer's left (ant
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -16,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.encode.identity import MANUFACTURER, SERIES_DESCRIPTIONS, SERIES_NUMBERS, ResultIdentity
 from node.quant.measure import Lesion
 from node.quant.study import SeriesResult
+from node.quant.volume import Volume
 
 PAGE_WIDTH = 1024
 PAGE_HEIGHT = 1024
@@ -26,6 +30,14 @@ ROW_HEIGHT = 24
 ROWS_PER_PAGE = (PAGE_HEIGHT - 56 - 130) // ROW_HEIGHT
 COLOURS = {"avid": (220, 20, 20), "metastasis": (230, 140, 0), "remnant": (170, 0, 170),
            "physiological": (40, 90, 200)}
+
+
+@dataclass(frozen=True)
+class PriorView:
+    """The earlier scan of a comparison, for the side-by-side page: its results and SUV volume."""
+
+    doc: dict[str, Any]
+    suv: Volume
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -46,19 +58,25 @@ def _label_and_site(lesion: Lesion) -> tuple[str, str]:
     return lesion.label, lesion.site
 
 
-def _mip(result: SeriesResult) -> tuple[Image.Image, tuple[int, int]]:
+def _mip(vol: Volume, box: tuple[int, int, int, int] = MIP_BOX) -> tuple[Image.Image, tuple[int, int]]:
     """Anterior MIP as RGB at true aspect ratio, and its offset on the page."""
-    vol = result.suv_volume
-    mip = result.suv_volume.array.max(axis=1)[::-1]  # max over rows (AP); head (largest z) on top
+    mip = vol.array.max(axis=1)[::-1]  # max over rows (AP); head (largest z) on top
     lo, hi = SUV_WINDOW
     grey = (255 * (1 - np.clip((mip - lo) / (hi - lo), 0, 1))).astype(np.uint8)
     dx, dz = vol.spacing[0], vol.spacing[2]
-    box_w, box_h = MIP_BOX[2] - MIP_BOX[0], MIP_BOX[3] - MIP_BOX[1]
+    box_w, box_h = box[2] - box[0], box[3] - box[1]
     width_mm, height_mm = grey.shape[1] * dx, grey.shape[0] * dz
     scale_mm = min(box_w / width_mm, box_h / height_mm)
     size = (max(1, round(width_mm * scale_mm)), max(1, round(height_mm * scale_mm)))
     image = Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR).convert("RGB")
-    return image, (MIP_BOX[0] + (box_w - size[0]) // 2, MIP_BOX[1])
+    return image, (box[0] + (box_w - size[0]) // 2, box[1])
+
+
+def _project(vol: Volume, image: Image.Image, point_mm: list[float]) -> tuple[int, int]:
+    """Where a patient-space point falls on the anterior MIP image of `vol`."""
+    k, _, i = vol.lps_to_index(np.asarray(point_mm, float))
+    nz, _, nx = vol.array.shape
+    return round(float((i + 0.5) / nx * image.size[0])), round(float((nz - 1 - k + 0.5) / nz * image.size[1]))
 
 
 def _outline(result: SeriesResult, image: Image.Image) -> list[tuple[Lesion, tuple[int, int]]]:
@@ -111,7 +129,7 @@ def render_pages(result: SeriesResult, doc: dict) -> list[np.ndarray]:
                             f"{sum(1 for x in lesions if x.label.startswith('physiological'))} physiological",
                   fill="black", font=text)
         if n == 0:
-            mip, offset = _mip(result)
+            mip, offset = _mip(result.suv_volume)
             places = _outline(result, mip)
             page.paste(mip, offset)
             draw = ImageDraw.Draw(page)
@@ -151,9 +169,108 @@ def render_pages(result: SeriesResult, doc: dict) -> list[np.ndarray]:
     return pages
 
 
-def build_sc(result: SeriesResult, doc: dict, identity: ResultIdentity, charset: str | None) -> list[Dataset]:
+CATEGORY_COLOURS = {"gained uptake": (0, 140, 0), "stable": (60, 60, 60), "reduced uptake": (230, 140, 0),
+                    "lost (refractory candidate)": (220, 20, 20), "new": (40, 90, 200)}
+SIDE_BOXES = ((16, 120, 266, 660), (282, 120, 532, 660))
+CHANGE_COLUMNS = [("now", 30, True), ("prior", 80, True), ("site", 92, False), ("SUVmax", 290, True),
+                  ("SUVmax", 350, True), ("change", 420, True), ("%IA", 480, True), ("%IA", 540, True),
+                  ("category", 556, False)]
+
+
+def _mark(draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, xy: tuple[int, int],
+          label: str, colour: tuple[int, int, int]) -> None:
+    x, y = xy
+    draw.ellipse((x - 7, y - 7, x + 7, y + 7), outline=colour, width=2)
+    draw.text((x + 9, y - 9), label, fill=colour, font=font)
+
+
+def _time_label(point: dict[str, Any]) -> str:
+    tsh = point.get("tsh_uiu_per_ml")
+    when = (point.get("reference_datetime") or "")[:10]
+    uptake = point.get("uptake_time_h")
+    return (f"{when}  {uptake:.0f} h" if uptake is not None else when) + \
+        (f"  TSH {tsh:g}" if tsh is not None else "  TSH unknown")
+
+
+def render_comparison_page(result: SeriesResult, doc: dict[str, Any], prior: PriorView) -> np.ndarray:
+    """Scan 1 | scan 2 anterior MIPs with matched lesion numbers (the current scan's numbers; a lesion
+    gone since keeps its prior number in brackets), and the table of changes."""
+    title, text, small = _font(24), _font(15), _font(13)
+    comparison = doc["comparison"]
+    rows = comparison["lesions"]
+    page = Image.new("RGB", (PAGE_WIDTH, PAGE_HEIGHT), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((16, 12), "124I PET/CT - change since the prior scan (iodine-node)", fill="black", font=title)
+    counts = comparison["summary"]["categories"]
+    draw.text((16, 46), f"Patient ID {doc.get('patient_id', '')}   Acc {doc.get('accession_number', '')}   "
+                        + "   ".join(f"{k}: {v}" for k, v in counts.items()), fill="black", font=text)
+    draw.text((16, 70), f"Lesions avid at the later scan: {comparison['summary']['avid_at_higher_tsh']}   "
+                        f"refractory candidates: {len(comparison['refractory_candidates'])}", fill="black", font=text)
+    points = comparison["time_points"]
+    for n, (vol, box, point) in enumerate(((prior.suv, SIDE_BOXES[0], points[0]),
+                                           (result.suv_volume, SIDE_BOXES[1], points[1]))):
+        mip, offset = _mip(vol, box)
+        page.paste(mip, offset)
+        draw = ImageDraw.Draw(page)
+        draw.text((box[0], box[1] - 22), f"{'Prior' if n == 0 else 'Current'}: {_time_label(point)}",
+                  fill="black", font=small)
+        for row in rows:
+            colour = CATEGORY_COLOURS[row["category"]]
+            if n == 0 and row["prior_id"] is not None:
+                centre = next(les["centroid_mm"] for les in prior.doc["lesions"] if les["id"] == row["prior_id"])
+                label = str(row["current_id"]) if row["current_id"] is not None else f"({row['prior_id']})"
+            elif n == 1 and row["current_id"] is not None:
+                centre = next(les["centroid_mm"] for les in doc["lesions"] if les["id"] == row["current_id"])
+                label = str(row["current_id"])
+            elif n == 1 and row["prior_centroid_mapped_mm"] is not None:
+                centre, label = row["prior_centroid_mapped_mm"], f"({row['prior_id']})"
+            else:
+                continue
+            x, y = _project(vol, mip, centre)
+            _mark(draw, small, (offset[0] + x, offset[1] + y), label, colour)
+    draw.text((16, SIDE_BOXES[0][3] + 6), f"anterior MIPs, SUVbw {SUV_WINDOW[0]:g}-{SUV_WINDOW[1]:g}; "
+                                          "R on the left", fill="black", font=small)
+    y = SIDE_BOXES[0][3] + 30
+    x0 = 16
+    headers = ["now", "prior", "site", "SUVmax 1", "SUVmax 2", "change", "%IA 1", "%IA 2", "category"]
+    for (_, x, right), name in zip(CHANGE_COLUMNS, headers, strict=True):
+        _cell(draw, text, x0 + x, y, right, name, "black")
+    draw.line((x0, y + 22, PAGE_WIDTH - 12, y + 22), fill="black", width=1)
+    y += ROW_HEIGHT + 4
+    shown = 0
+    for row in rows:
+        if y > PAGE_HEIGHT - 50:
+            break
+
+        def fmt(v: object, digits: int) -> str:
+            return f"{v:.{digits}f}" if isinstance(v, int | float) else "-"
+
+        change = row.get("relative_change_suv_max")
+        values = [str(row["current_id"] or "-"), str(row["prior_id"] or "-"), str(row.get("site") or "")[:24],
+                  fmt(row["suv_max"][0], 1), fmt(row["suv_max"][1], 1),
+                  f"{100 * change:+.0f} %" if change is not None else "-",
+                  fmt(row["percent_injected_activity"][0], 3), fmt(row["percent_injected_activity"][1], 3),
+                  row["category"]]
+        for (name, x, right), value in zip(CHANGE_COLUMNS, values, strict=True):
+            fill = CATEGORY_COLOURS[row["category"]] if name in ("now", "category") else "black"
+            _cell(draw, text, x0 + x, y, right, value, fill)
+        y += ROW_HEIGHT
+        shown += 1
+    if shown < len(rows):
+        draw.text((x0, y), f"... {len(rows) - shown} more lesions in the SR and results.json", fill="black",
+                  font=small)
+    draw.text((16, PAGE_HEIGHT - 22), "Automated comparison by iodine-node (rigid CT registration, matched "
+                                      "lesions): verify on the images before clinical use.", fill="black", font=small)
+    return np.asarray(page)
+
+
+def build_sc(result: SeriesResult, doc: dict, identity: ResultIdentity, charset: str | None,
+             prior: PriorView | None = None) -> list[Dataset]:
     out = []
-    for n, page in enumerate(render_pages(result, doc), start=1):
+    pages = render_pages(result, doc)
+    if prior is not None and isinstance(doc.get("comparison"), dict) and "lesions" in doc["comparison"]:
+        pages.append(render_comparison_page(result, doc, prior))
+    for n, page in enumerate(pages, start=1):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=result.pet_headers[0], pixel_array=page, photometric_interpretation="RGB",
             bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=identity.series_uid("sc"),

@@ -43,7 +43,8 @@ def algorithm() -> hd.AlgorithmIdentificationSequence:
                                               version=node.__version__)
 
 
-def build_seg(result: SeriesResult, identity: ResultIdentity, charset: str | None) -> hd.seg.Segmentation | None:
+def build_seg(result: SeriesResult, identity: ResultIdentity, tracking: dict[int, tuple[str, str]],
+              charset: str | None) -> hd.seg.Segmentation | None:
     """None when there is nothing to segment (an empty SEG is not valid)."""
     if not result.lesions:
         return None
@@ -58,8 +59,8 @@ def build_seg(result: SeriesResult, identity: ResultIdentity, charset: str | Non
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=lesion.id, segment_label=segment_label(lesion), segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm(), tracking_uid=identity.tracking_uid(lesion.id),
-            tracking_id=f"Lesion {lesion.id}"))
+            algorithm_identification=algorithm(), tracking_uid=tracking[lesion.id][0],
+            tracking_id=tracking[lesion.id][1]))
     return hd.seg.Segmentation(
         source_images=result.pet_headers, pixel_array=label_map.astype(dtype),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
@@ -44,30 +47,90 @@ def _measurements(lesion: Lesion) -> list[hd.sr.Measurement]:
     return m
 
 
-def build_sr(result: SeriesResult, identity: ResultIdentity, seg: Dataset | None, time_point: str,
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _change_content(row: dict[str, Any]) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+    """The prior time point's values and the change, for a lesion followed from an earlier scan."""
+    m: list[hd.sr.Measurement] = []
+    q = [hd.sr.QualitativeEvaluation(c.UPTAKE_CHANGE, c.CHANGE_CATEGORIES[row["category"]])]
+    prior_suv = _num(row["suv_max"][0])
+    if prior_suv is not None:
+        m.append(hd.sr.Measurement(c.SUVMAX_PRIOR, prior_suv, c.UNIT_SUVBW))
+        q.append(hd.sr.QualitativeEvaluation(c.IODINE_AVID_PRIOR, c.YES if row["iodine_avid"][0] else c.NO))
+    change = _num(row.get("relative_change_suv_max"))
+    if change is not None:
+        m.append(hd.sr.Measurement(c.SUVMAX_CHANGE, 100.0 * change, c.UNIT_PERCENT))
+    prior_ia = _num(row["percent_injected_activity"][0])
+    if prior_ia is not None:
+        m.append(hd.sr.Measurement(c.PERCENT_IA_PRIOR, prior_ia, c.UNIT_PERCENT))
+    residual = _num(row.get("residual_suv_max_at_prior_site"))
+    if residual is not None:
+        m.append(hd.sr.Measurement(c.SUVMAX_RESIDUAL, residual, c.UNIT_SUVBW))
+    return m, q
+
+
+def _dose_content(row: dict[str, Any]) -> list[hd.sr.Measurement]:
+    if "gy_per_gbq" not in row:
+        return []
+    m = [hd.sr.Measurement(c.DOSE_PER_ACTIVITY, row["gy_per_gbq"], c.UNIT_GY_PER_GBQ),
+         hd.sr.Measurement(c.TIME_INTEGRATED_ACTIVITY, row["time_integrated_activity_h"], c.UNIT_HOUR)]
+    if _num(row["effective_half_life_131_h"]) is not None:
+        m.append(hd.sr.Measurement(c.EFFECTIVE_HALF_LIFE, row["effective_half_life_131_h"], c.UNIT_HOUR))
+    if _num(row["biological_half_life_h"]) is not None:
+        m.append(hd.sr.Measurement(c.BIOLOGICAL_HALF_LIFE, row["biological_half_life_h"], c.UNIT_HOUR))
+    for key, gy in row["predicted_dose_gy"].items():
+        m.append(hd.sr.Measurement(c.predicted_dose(float(key.removesuffix("_gbq"))), gy, c.UNIT_GY))
+    return m
+
+
+def build_sr(result: SeriesResult, doc: dict[str, Any], identity: ResultIdentity,
+             tracking: dict[int, tuple[str, str]], seg: Dataset | None, time_point: str,
              charset: str | None) -> hd.sr.Comprehensive3DSR:
+    """TID 1500 for this scan; with an earlier scan, each followed lesion also carries the prior
+    values, the change and its category (a lesion gone since is a group of its own, with the
+    tracking UID it had), and dosimetry values where serial scans of one administration exist."""
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=derive_uid("iodine-node", "device"), name="iodine-node", manufacturer_name=MANUFACTURER,
             model_name=f"{MODEL} {node.__version__}"))
     context = hd.sr.ObservationContext(observer_device_context=device)
+    comparison = doc.get("comparison") if isinstance(doc.get("comparison"), dict) else {}
+    changes = {r["current_id"]: r for r in comparison.get("lesions", []) if r["current_id"] is not None}
+    doses = {r["current_id"]: r for r in (doc.get("dosimetry") or {}).get("lesions", [])}
+    order = 2 if changes or doses else None
+    when = hd.sr.TimePointContext(time_point=time_point, time_point_order=order)
     groups = []
     for lesion in result.lesions:
         assert seg is not None
         finding, sites = _finding(lesion)
+        extra_m, extra_q = _change_content(changes[lesion.id]) if lesion.id in changes else ([], [])
+        extra_m += _dose_content(doses[lesion.id]) if lesion.id in doses else []
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.tracking_uid(lesion.id),
-                                                         identifier=f"Lesion {lesion.id}"),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[lesion.id][0],
+                                                         identifier=tracking[lesion.id][1]),
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=lesion.id,
                 source_series=hd.sr.SourceSeriesForSegmentation(result.pet_series_uid)),
             finding_type=finding, finding_sites=sites or None,
-            time_point_context=hd.sr.TimePointContext(time_point=time_point),
-            measurements=_measurements(lesion),
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(c.IODINE_AVID,
-                                                                 c.YES if lesion.iodine_avid else c.NO)],
+            time_point_context=when,
+            measurements=_measurements(lesion) + extra_m,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(c.IODINE_AVID, c.YES if lesion.iodine_avid
+                                                                 else c.NO), *extra_q],
         ))
+    for row in comparison.get("lesions", []):
+        if row["current_id"] is not None or not row.get("tracking_uid"):
+            continue
+        # Seen at the prior scan, not found now: no segment to reference, so a TID 1501 group.
+        m, q = _change_content(row)
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=row["tracking_uid"],
+                                                         identifier=f"Prior lesion {row['prior_id']}"),
+            finding_type=c.LESION, finding_sites=[hd.sr.FindingSite(c.SITES[row["site"]])]
+            if row.get("site") in c.SITES else None,
+            time_point_context=when, measurements=m or None, qualitative_evaluations=q))
     if not groups:
         # No foci: a study-level group (TID 1501) says so, with the soft-tissue reference it was judged by.
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -75,7 +138,7 @@ def build_sr(result: SeriesResult, identity: ResultIdentity, seg: Dataset | None
             measurements=[hd.sr.Measurement(c.REFERENCE_SOFT_TISSUE, result.reference_suv, c.UNIT_SUVBW)]
             if result.reference_suv == result.reference_suv else None,
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(c.FINDING, c.NO_FOCI)],
-            time_point_context=hd.sr.TimePointContext(time_point=time_point),
+            time_point_context=when,
         ))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=c.PROCEDURE,
                                      imaging_measurements=groups, title=codes.cid7021.ImagingMeasurementReport)

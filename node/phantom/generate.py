@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 
 import node
+from node.compare.dosimetry import I131_HALF_LIFE_H, LOCAL_DEPOSITION_GY_G_PER_MBQ_H
 from node.phantom.anatomy import (
     METASTASIS,
     NON_AVID,
     REMNANT,
+    Kinetics,
     PatientModel,
     Region,
     build_patient,
@@ -148,6 +150,21 @@ def _host_suv(model: PatientModel, region: Region) -> float | None:
     return host.suv if host else None
 
 
+def analytic_131i(kin: Kinetics, conc_bq_per_ml: float, diameter_mm: float, uptake_h: float,
+                  injected_bq: float) -> dict[str, float]:
+    """The lesion's true 131I-equivalent dose per GBq from the generator's kinetics (uptake + washout,
+    shared/reference/iodine124.md): r(t) = n (1 - exp(-k_u t)) exp(-k_b t), a~ = n (1/(k_b+l131) -
+    1/(k_u+k_b+l131)), D/A0 = 0.11066 a~ / m (local deposition, 1 g/ml)."""
+    volume_ml = math.pi / 6 * diameter_mm**3 / 1000.0
+    r_now = conc_bq_per_ml * volume_ml * math.exp(math.log(2) * uptake_h * 3600.0 / I124_HALF_LIFE_S) / injected_bq
+    k_u, k_b = math.log(2) / kin.uptake_half_time_h, math.log(2) / kin.biological_half_life_h
+    n = r_now / ((1 - math.exp(-k_u * uptake_h)) * math.exp(-k_b * uptake_h))
+    lam_131 = math.log(2) / I131_HALF_LIFE_H
+    tia_h = n * (1 / (k_b + lam_131) - 1 / (k_u + k_b + lam_131))
+    return {"retention_percent": round(100 * r_now, 8), "mass_g": round(volume_ml, 6), "tia_h": tia_h,
+            "gy_per_gbq": LOCAL_DEPOSITION_GY_G_PER_MBQ_H * tia_h * 1000.0 / volume_ml}
+
+
 def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None) -> PhantomResult:
     """Write CT/ and PT/ series and truth.json under `out_dir`; deterministic for given options."""
     opts = options or PhantomOptions()
@@ -242,6 +259,11 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
             entry["background_suv"] = host
             entry["lesion_to_background"] = round(region.suv / host, 3) if host else None
             entry["biological_half_life_h"] = region.biological_half_life_h
+            kin = model.kinetics.get(region.name)
+            if kin is not None and region.diameter_mm and region.kind != NON_AVID:
+                entry["uptake_half_time_h"] = kin.uptake_half_time_h
+                entry["analytic_131i"] = analytic_131i(kin, region.suv * suv_to_bq_per_ml, region.diameter_mm,
+                                                       opts.uptake_h, info.injected_activity_bq)
             entry["change_from_timepoint_1"] = region.change
         regions.append(entry)
 

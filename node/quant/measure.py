@@ -7,6 +7,12 @@ Definitions:
   foci; lesion-to-background ratio (DCM 126039) = SUVmax / background (DCM 126040).
 - Activity: sum of activity concentration x voxel volume, at the images' reference time, and
   decay-corrected to administration; %IA = activity at administration / administered x 100.
+- Recovered activity (for dosimetry): the delineated VOI loses the counts the scanner's blur
+  spreads outside it (spill-out; 124I resolution ~6-8 mm FWHM, shared/reference/iodine124.md).
+  Summing over the VOI enlarged by `margin_mm` (inside the body, without other foci) and removing
+  the local background's share, A = sum_enlarged(C dV) - C_bg x (V_enlarged - V_voi), recovers
+  it without a scanner-specific recovery table (the enlarged-VOI method; Erdi et al., J Nucl Med
+  1995;36:1287 for the background-corrected VOI sum).
 - Iodine-avid: LBR >= avid.lbr_threshold and SUVmax >= avid.reference_factor x the soft-tissue
   reference SUV (median SUV of body soft tissue), so a nodule that merely holds blood-pool
   activity inside aerated lung is not called avid.
@@ -26,6 +32,7 @@ from node.quant.volume import Volume
 
 PEAK_SPHERE_RADIUS_MM = (3 * 1000 / (4 * math.pi)) ** (1 / 3)  # 1 cm³ sphere: r = 6.2035 mm
 BACKGROUND_SHELL_MM = (10.0, 25.0)
+DEFAULT_ACTIVITY_MARGIN_MM = 10.0  # ~1.5 x the 124I effective FWHM: > 99 % of a Gaussian's spill
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,8 @@ class Lesion:
     elongation: float
     mask_label: int  # the focus' value in the label volume
     partial_volume: dict[str, float] | None = None
+    activity_recovered_mbq: float | None = None  # spill-out recovered (enlarged VOI), at scan time
+    percent_injected_activity_recovered: float | None = None
 
 
 def peak_kernel(spacing_kji: tuple[float, float, float], radius_mm: float = PEAK_SPHERE_RADIUS_MM) -> np.ndarray:
@@ -143,12 +152,13 @@ def classify(centroid: np.ndarray, volume_ml: float, mean_hu: float | None, elon
 
 def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scale: ActivityScale,
                     lm: Landmarks | None, ct_hu: np.ndarray | None, avid: AvidSettings,
-                    recovery: list[tuple[float, float]] | None = None) -> tuple[list[Lesion], float]:
+                    recovery: list[tuple[float, float]] | None = None,
+                    margin_mm: float = DEFAULT_ACTIVITY_MARGIN_MM) -> tuple[list[Lesion], float]:
     """Measurements for every focus, and the soft-tissue reference SUV used for avidity."""
     suv = suv_vol.array
     spacing_kji = suv_vol.spacing[::-1]
     kernel = peak_kernel(spacing_kji)
-    pad = tuple(int(np.ceil(BACKGROUND_SHELL_MM[1] / s)) + 1 for s in spacing_kji)
+    pad = tuple(int(np.ceil(max(BACKGROUND_SHELL_MM[1], margin_mm) / s)) + 1 for s in spacing_kji)
     reference = soft_tissue_reference(suv, labels, lm, ct_hu)
     boxes = ndimage.find_objects(labels)
     inside = lm.body if lm is not None else suv > 0.05
@@ -169,8 +179,12 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
         suv_max, suv_mean = float(values.max()), float(values.mean())
         conc_sum = float(values.sum()) * scale.decayed_activity_bq / scale.weight_g  # Bq/ml summed
         activity_bq = conc_sum * suv_vol.voxel_ml
-        at_admin = (activity_bq * math.exp(lam * scale.uptake_time_s) if scale.uptake_time_s is not None
-                    else None)
+        to_admin = math.exp(lam * scale.uptake_time_s) if scale.uptake_time_s is not None else None
+        at_admin = activity_bq * to_admin if to_admin is not None else None
+        enlarged = (dist <= margin_mm) & inside[box] & ((labels[box] == 0) | mask)
+        n_enlarged = int(enlarged.sum())
+        recovered_suv_ml = (float(suv[box][enlarged].sum()) - bg * (n_enlarged - n)) * suv_vol.voxel_ml
+        recovered_bq = max(recovered_suv_ml * scale.decayed_activity_bq / scale.weight_g, activity_bq)
         mean_hu = float(ct_hu[box][mask].mean()) if ct_hu is not None else None
         coords = np.argwhere(mask) * np.array(spacing_kji)
         if n >= 3:
@@ -201,6 +215,9 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
             lesion_to_background=lbr, background_suv=bg, mean_hu=mean_hu,
             iodine_avid=avid_flag if label in ("metastasis", "remnant") else False, voxels=n,
             elongation=elongation, mask_label=focus.label, partial_volume=pvc,
+            activity_recovered_mbq=recovered_bq / 1e6,
+            percent_injected_activity_recovered=(100.0 * recovered_bq * to_admin / scale.injected_activity_bq
+                                                 if to_admin is not None else None),
         ))
     # Number lesions: metastases first (strongest first), then remnant, then physiological.
     rank = {"metastasis": 0, "remnant": 1}

@@ -24,7 +24,14 @@ from pydicom.dataset import Dataset
 import node
 from node.quant.detect import DetectionSettings, SegmentationSettings, detect_foci
 from node.quant.landmarks import Landmarks, find_landmarks
-from node.quant.measure import ActivityScale, AvidSettings, Lesion, measure_lesions, soft_tissue_reference
+from node.quant.measure import (
+    DEFAULT_ACTIVITY_MARGIN_MM,
+    ActivityScale,
+    AvidSettings,
+    Lesion,
+    measure_lesions,
+    soft_tissue_reference,
+)
 from node.quant.suv import SuvCalculation, SuvSettings, compute_suv
 from node.quant.volume import Volume, assemble, resample_like
 
@@ -43,6 +50,7 @@ class QuantSettings:
     segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
     avid: AvidSettings = field(default_factory=AvidSettings)
     recovery: tuple[tuple[float, float], ...] | None = None
+    activity_margin_mm: float = DEFAULT_ACTIVITY_MARGIN_MM
     include_description: tuple[str, ...] = ()
     exclude_description: tuple[str, ...] = DEFAULT_EXCLUDE
 
@@ -55,6 +63,7 @@ def settings_from_config(section: Any) -> QuantSettings:
         segmentation=SegmentationSettings(**section.segmentation.model_dump()),
         avid=AvidSettings(**section.avid.model_dump()),
         recovery=tuple((p.volume_ml, p.rc) for p in section.partial_volume) if section.partial_volume else None,
+        activity_margin_mm=section.activity_margin_mm,
         include_description=tuple(section.series.include_description),
         exclude_description=tuple(section.series.exclude_description),
     )
@@ -151,27 +160,33 @@ def select_series(series: dict[str, SeriesFiles], settings: QuantSettings) -> tu
     return pairs, notes
 
 
+def suv_volume(pet: Sequence[Dataset], settings: SuvSettings) -> tuple[Volume, list[Dataset], SuvCalculation]:
+    """(SUVbw volume, headers in slice order, the SUV calculation) of one PET series."""
+    pet_vol, order = assemble(pet, f"PET series {pet[0].get('SeriesInstanceUID', '')}")
+    ordered = [pet[i] for i in order]
+    calc = compute_suv(ordered, settings)
+    factors = np.asarray(calc.factors, np.float32)[:, None, None]
+    return pet_vol.with_array(pet_vol.array * factors), ordered, calc
+
+
+def suv_volume_of(pet_paths: Sequence[Path], settings: SuvSettings | None = None) -> Volume:
+    return suv_volume([pydicom.dcmread(p, stop_before_pixels=True) for p in pet_paths], settings or SuvSettings())[0]
+
+
 def quantify_series(pet: Sequence[Dataset], ct: Sequence[Dataset] | None, settings: QuantSettings,
                     label: str = "PET") -> SeriesResult:
     """The pure pipeline over loaded datasets."""
     seconds: dict[str, float] = {}
     warnings: list[str] = []
     t = time.perf_counter()
-    pet_vol, order = assemble(pet, f"PET series {pet[0].get('SeriesInstanceUID', '')}")
-    ordered = [pet[i] for i in order]
+    suv_vol, ordered, calc = suv_volume(pet, settings.suv)
     ct_on_pet: Volume | None = None
     if ct:
         ct_vol, _ = assemble(ct, f"CT series {ct[0].get('SeriesInstanceUID', '')}", dtype=np.int16)
-        ct_on_pet = resample_like(ct_vol, pet_vol, -1000.0)
+        ct_on_pet = resample_like(ct_vol, suv_vol, -1000.0)
         del ct_vol
-    seconds["load"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    calc = compute_suv(ordered, settings.suv)
-    factors = np.asarray(calc.factors, np.float32)[:, None, None]
-    suv_vol = pet_vol.with_array(pet_vol.array * factors)
     warnings += list(calc.warnings)
-    seconds["suv"] = time.perf_counter() - t
+    seconds["load_suv"] = time.perf_counter() - t
 
     t = time.perf_counter()
     lm: Landmarks | None = find_landmarks(ct_on_pet) if ct_on_pet is not None else None
@@ -186,7 +201,8 @@ def quantify_series(pet: Sequence[Dataset], ct: Sequence[Dataset] | None, settin
                           calc.half_life_s, calc.uptake_time_s)
     lesions, reference = measure_lesions(suv_vol, labels, foci, scale, lm,
                                          ct_on_pet.array if ct_on_pet is not None else None, settings.avid,
-                                         list(settings.recovery) if settings.recovery else None)
+                                         list(settings.recovery) if settings.recovery else None,
+                                         settings.activity_margin_mm)
     seconds["measure"] = time.perf_counter() - t
     if lm is None:
         warnings.append("no CT: physiological uptake is not recognised; every focus is listed as a lesion")
@@ -220,9 +236,12 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
             "activity_mbq": _round(les.activity_mbq, 6),
             "activity_mbq_at_administration": _round(les.activity_mbq_at_administration, 6),
             "percent_injected_activity": _round(les.percent_injected_activity, 6),
+            "activity_recovered_mbq": _round(les.activity_recovered_mbq, 6),
+            "percent_injected_activity_recovered": _round(les.percent_injected_activity_recovered, 6),
             "lesion_to_background": _round(les.lesion_to_background), "background_suv": _round(les.background_suv),
             "mean_hu": _round(les.mean_hu, 1), "iodine_avid": les.iodine_avid, "voxels": les.voxels,
             "partial_volume_corrected": les.partial_volume,
+            "tracking_uid": None, "tracking_id": None,  # settled when the result objects are built
         })
     return {
         "schema": RESULTS_SCHEMA,
@@ -246,7 +265,7 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
                 "other_normalisations": calc.other_normalisations},
         "reference_soft_tissue_suv": _round(result.reference_suv),
         "settings": {"segmentation": settings.segmentation.__dict__, "detection": settings.detection.__dict__,
-                     "avid": settings.avid.__dict__},
+                     "avid": settings.avid.__dict__, "activity_margin_mm": settings.activity_margin_mm},
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "warnings": list(result.warnings) + list(notes),
         "lesions": lesions,
@@ -297,19 +316,22 @@ def process_study(series: dict[str, SeriesFiles], settings: QuantSettings) -> li
 
 
 def write_study_outputs(out_dir: Path, results: Sequence[tuple[SeriesResult, dict[str, Any]]],
-                        settings: QuantSettings | None = None) -> list[Path]:
+                        settings: QuantSettings | None = None, prior: Any = None) -> list[Path]:
     """results.json + lesions.csv + the DICOM objects (seg.dcm, sr.dcm, sc-N.dcm) of the primary PET
     series in out_dir; further series in out_dir/<PET SeriesInstanceUID>/. Written to a temporary
-    folder first, then moved in place."""
+    folder first, then moved in place. `prior` (encode.sc.PriorView) adds the side-by-side page."""
     from node.encode.objects import build_objects, write_objects  # encode depends on this module
-    staging = out_dir.with_name(out_dir.name + ".partial")
+    # Per process: a prior quantified inside another study's job may be written by its own job too.
+    staging = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
     written = []
     for n, (result, doc) in enumerate(results):
         target = staging if n == 0 else staging / result.pet_series_uid
+        # Objects first: they settle each lesion's tracking UID, which results.json then records.
+        objects = build_objects(result, doc, settings or QuantSettings(), prior if n == 0 else None)
         files = write_results(target, doc)
-        files += write_objects(target, build_objects(result, doc, settings or QuantSettings()))
+        files += write_objects(target, objects)
         written += [out_dir / p.relative_to(staging) for p in files]
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -1,0 +1,239 @@
+"""Earlier studies of a patient from the PACS: C-FIND (study, then series level) and retrieval by
+C-MOVE to this node (the PACS sends them to the listener like any other push) or C-GET (they come
+back on the same association and are stored here through the same ingest path).
+
+Only PET and CT series of PET studies are retrieved (PS3.4 C.6.2 Study Root Query/Retrieve, series
+level). A retrieved study is stored and indexed like a pushed one; it is quantified once for the
+comparison and reused from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedPETImageStorage,
+    PositronEmissionTomographyImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from node.ingest.listener import set_nodelay
+from node.uids import is_valid_uid
+
+log = logging.getLogger(__name__)
+
+PENDING_STATUSES = (0xFF00, 0xFF01)
+RETRIEVED_MODALITIES = ("PT", "CT")
+GET_STORAGE_CLASSES = (PositronEmissionTomographyImageStorage, CTImageStorage, EnhancedPETImageStorage,
+                       EnhancedCTImageStorage)
+
+
+class PriorQueryError(Exception):
+    """The PACS could not be asked or did not deliver, with the reason."""
+
+
+@dataclass(frozen=True)
+class PriorQuery:
+    """`comparison.priors.query` in the configuration."""
+
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str
+    retrieve: str = "move"  # "move" or "get"
+    move_destination: str = ""
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class PriorStudy:
+    study_uid: str
+    study_date: str
+    series: tuple[str, ...]  # PET and CT series to retrieve
+
+
+def _on_open(event: evt.Event) -> None:
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        set_nodelay(sock)
+
+
+def _responses(assoc: Any, iterator: Iterator[tuple[Dataset, Dataset | None]], what: str) -> list[Dataset]:
+    found = []
+    for status, identifier in iterator:
+        if status is None or "Status" not in status:
+            raise PriorQueryError(f"{what}: no response from the PACS (timeout or aborted association)")
+        code = int(status.Status)
+        if code in PENDING_STATUSES:
+            if identifier is not None:
+                found.append(identifier)
+        elif code != 0x0000:
+            raise PriorQueryError(f"{what}: PACS answered status 0x{code:04X}")
+    return found
+
+
+def find_prior_studies(query: PriorQuery, patient_id: str, issuer: str, reference: datetime, window_days: float,
+                       exclude: set[str]) -> list[PriorStudy]:
+    """PET studies of the patient dated within the window before `reference` (newest first), with their
+    PET and CT series; studies in `exclude` (already here) are left out."""
+    ae = AE(ae_title=query.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = query.timeout_s
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)])
+    if not assoc.is_established:
+        raise PriorQueryError(f"C-FIND: association with {query.ae_title}@{query.host}:{query.port} not established")
+    try:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.PatientID = patient_id
+        if issuer:
+            ds.IssuerOfPatientID = issuer
+        first = (reference - timedelta(days=window_days)).strftime("%Y%m%d")
+        ds.StudyDate = f"{first}-{reference.strftime('%Y%m%d')}"
+        ds.StudyInstanceUID = ""
+        ds.ModalitiesInStudy = ""
+        ds.AccessionNumber = ""
+        studies = _responses(assoc, assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind),
+                             "C-FIND (study level)")
+        out = []
+        for study in studies:
+            uid = str(study.get("StudyInstanceUID", ""))
+            if not is_valid_uid(uid) or uid in exclude or str(study.get("PatientID", "")) != patient_id:
+                continue
+            modalities = study.get("ModalitiesInStudy")
+            if modalities and "PT" not in (list(modalities) if not isinstance(modalities, str) else [modalities]):
+                continue
+            sq = Dataset()
+            sq.QueryRetrieveLevel = "SERIES"
+            sq.StudyInstanceUID = uid
+            sq.SeriesInstanceUID = ""
+            sq.Modality = ""
+            series = _responses(assoc, assoc.send_c_find(sq, StudyRootQueryRetrieveInformationModelFind),
+                                f"C-FIND (series level, study {uid})")
+            wanted = tuple(str(s.SeriesInstanceUID) for s in series
+                           if str(s.get("Modality", "")) in RETRIEVED_MODALITIES and is_valid_uid(
+                               str(s.get("SeriesInstanceUID", ""))))
+            if any(str(s.get("Modality", "")) == "PT" for s in series):
+                out.append(PriorStudy(uid, str(study.get("StudyDate", "")), wanted))
+        return sorted(out, key=lambda s: s.study_date, reverse=True)
+    finally:
+        assoc.release()
+
+
+def _move(query: PriorQuery, prior: PriorStudy) -> None:
+    ae = AE(ae_title=query.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = query.timeout_s
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)])
+    if not assoc.is_established:
+        raise PriorQueryError(f"C-MOVE: association with {query.ae_title}@{query.host}:{query.port} not established")
+    try:
+        for series_uid in prior.series:
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "SERIES"
+            ds.StudyInstanceUID = prior.study_uid
+            ds.SeriesInstanceUID = series_uid
+            _final_status(assoc.send_c_move(ds, query.move_destination, StudyRootQueryRetrieveInformationModelMove),
+                          f"C-MOVE of series {series_uid} to {query.move_destination}")
+    finally:
+        assoc.release()
+
+
+def _final_status(iterator: Iterator[tuple[Dataset, Dataset | None]], what: str) -> None:
+    """The retrieve's final response: success, or an error naming failed sub-operations."""
+    last = None
+    for status, _ in iterator:
+        if status is None or "Status" not in status:
+            raise PriorQueryError(f"{what}: no response from the PACS (timeout or aborted association)")
+        last = status
+    if last is None:
+        raise PriorQueryError(f"{what}: no response from the PACS")
+    code = int(last.Status)
+    failed = int(last.get("NumberOfFailedSuboperations", 0) or 0)
+    if code not in (0x0000,) or failed:
+        raise PriorQueryError(f"{what}: status 0x{code:04X}, {failed} failed sub-operation(s)")
+
+
+def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
+    """C-GET: the PACS sends on this association; each instance goes through the node's ingest (fsync,
+    index) before it is acknowledged, like a pushed one."""
+    from node.index import Index
+    from node.ingest.ingestor import IngestError, Ingestor
+    from node.ingest.spool import Spool
+
+    index = Index(storage_root)
+    spool = Spool(storage_root)
+    ingestor = Ingestor(spool, index, max_instance_bytes=2**40)
+
+    def on_store(event: evt.Event) -> int:
+        temp = spool.new_temp_path()
+        try:
+            with open(temp, "wb") as fh:  # preamble, file meta and the dataset as received
+                fh.write(event.encoded_dataset(include_meta=True))
+            ingestor.ingest(temp, source="c-get", calling_ae=query.ae_title)
+            return 0x0000
+        except IngestError as exc:
+            log.error("C-GET from %s: instance refused: %s", query.ae_title, exc.reason)
+            return exc.status
+        finally:
+            temp.unlink(missing_ok=True)
+
+    ae = AE(ae_title=query.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = query.timeout_s
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    roles = []
+    for sop_class in GET_STORAGE_CLASSES:
+        ae.add_requested_context(sop_class)
+        roles.append(build_role(sop_class, scp_role=True))
+    assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, ext_neg=roles,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _on_open), (evt.EVT_C_STORE, on_store)])
+    try:
+        if not assoc.is_established:
+            raise PriorQueryError(f"C-GET: association with {query.ae_title}@{query.host}:{query.port} "
+                                  "not established")
+        for series_uid in prior.series:
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "SERIES"
+            ds.StudyInstanceUID = prior.study_uid
+            ds.SeriesInstanceUID = series_uid
+            _final_status(assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet),
+                          f"C-GET of series {series_uid}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        index.close()
+
+
+def retrieve_priors(query: PriorQuery, patient_id: str, issuer: str, study_uid: str, reference: datetime,
+                    window_days: float, known: set[str], storage_root: Path) -> list[str]:
+    """Ask the PACS for earlier PET studies of the patient that this node does not hold and retrieve
+    them; returns the Study UIDs now here. A PACS that cannot be reached is logged, not fatal."""
+    try:
+        studies = find_prior_studies(query, patient_id, issuer, reference, window_days, known | {study_uid})
+    except PriorQueryError as exc:
+        log.warning("study %s: prior query: %s", study_uid, exc)
+        return []
+    done = []
+    for prior in studies:
+        try:
+            if query.retrieve == "get":
+                _get(query, prior, storage_root)
+            else:
+                _move(query, prior)
+            done.append(prior.study_uid)
+            log.info("study %s: prior study %s retrieved (%d series) by C-%s", study_uid, prior.study_uid,
+                     len(prior.series), query.retrieve.upper())
+        except PriorQueryError as exc:
+            log.warning("study %s: prior study %s not retrieved: %s", study_uid, prior.study_uid, exc)
+    return done
