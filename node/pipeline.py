@@ -18,6 +18,7 @@ from typing import Any
 import pydicom
 
 from node.compare.priors import retrieve_priors
+from node.compare.register import coarse
 from node.compare.study import ComparisonSettings, ScanView, ct_on_coarse_grid, inherit_tracking, relate_scans
 from node.encode.sc import PriorView
 from node.index import INDEX_FILE
@@ -127,7 +128,8 @@ def _earlier_studies(conn: sqlite3.Connection, study_uid: str) -> tuple[tuple[st
     return (me[0], me[1] or ""), others
 
 
-def _load_prior(storage_root: Path, conn: sqlite3.Connection, uid: str, settings: QuantSettings) -> ScanView | None:
+def _load_prior(storage_root: Path, conn: sqlite3.Connection, uid: str, settings: QuantSettings,
+                need_pet: bool) -> ScanView | None:
     """A prior scan of the node: its stored results, or (retrieved from the PACS and not yet
     quantified) quantified now and its results stored for reuse."""
     path = storage_root / "results" / uid / "results.json"
@@ -149,8 +151,9 @@ def _load_prior(storage_root: Path, conn: sqlite3.Connection, uid: str, settings
     prior_ct = _series_files(conn, storage_root, prior["ct_series_instance_uid"]) \
         if prior.get("ct_series_instance_uid") else []
     prior_pet = _series_files(conn, storage_root, prior["pet_series_instance_uid"])
+    pet = coarse(suv_volume_of(prior_pet, settings.suv)) if prior_pet and (need_pet or not prior_ct) else None
     return ScanView(prior, pydicom.dcmread(prior_pet[0], stop_before_pixels=True) if prior_pet else pydicom.Dataset(),
-                    ct_on_coarse_grid(prior_ct) if prior_ct else None)
+                    ct_on_coarse_grid(prior_ct) if prior_ct else None, pet)
 
 
 def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[str, Any],
@@ -163,6 +166,7 @@ def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[
         return None
     reference = datetime.fromisoformat(doc["reference_datetime"])
     window_s = settings.prior_window_days * 86400
+    current_ct = series[doc["ct_series_instance_uid"]].paths if doc.get("ct_series_instance_uid") in series else []
     if settings.query is not None:
         conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
         try:
@@ -181,7 +185,7 @@ def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[
         for uid in others:
             if not is_valid_uid(uid):
                 continue
-            view = _load_prior(storage_root, conn, uid, quant)
+            view = _load_prior(storage_root, conn, uid, quant, need_pet=not current_ct)
             if view is None or not view.doc.get("reference_datetime"):
                 continue
             when = datetime.fromisoformat(view.doc["reference_datetime"])
@@ -191,8 +195,8 @@ def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[
         conn.close()
     if not priors:
         return None
-    current_ct = series[doc["ct_series_instance_uid"]].paths if doc.get("ct_series_instance_uid") in series else []
-    current = ScanView(doc, result.pet_headers[0], ct_on_coarse_grid(current_ct) if current_ct else None)
+    current = ScanView(doc, result.pet_headers[0], ct_on_coarse_grid(current_ct) if current_ct else None,
+                       coarse(result.suv_volume) if not current_ct or any(p.ct is None for p in priors) else None)
     log.info("study %s: relating to %d earlier scan(s): %s", study_uid, len(priors),
              ", ".join(p.doc["study_instance_uid"] for p in priors))
     sections, pairing, compared = relate_scans(result.suv_volume, current, priors, settings)

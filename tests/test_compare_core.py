@@ -103,3 +103,73 @@ def test_rigid_registration_of_two_visits(tmp_path) -> None:
     moved = np.linalg.norm(np.array([first[n] for n in names]) - np.array([second[n] for n in names]), axis=1)
     assert moved.max() > 5  # the patient did move between the visits
     assert errors.max() <= 3.0, dict(zip(names, errors.round(2), strict=True))
+
+
+def test_pet_to_pet_registration_without_ct(tmp_path) -> None:
+    """Without CT the SUV volumes are registered (PET-PET fallback): lesion centroids within 3 mm."""
+    from node.compare.register import coarse, register_rigid
+    from node.phantom import PhantomOptions, generate_phantom
+    from node.quant.study import suv_volume_of
+
+    errors_all = []
+    for seed in (4, 5):
+        one = generate_phantom(tmp_path / f"{seed}-1", PhantomOptions(seed=seed, noise=0.15))
+        two = generate_phantom(tmp_path / f"{seed}-2", PhantomOptions(seed=seed, noise=0.15, timepoint=2))
+        reg = register_rigid(coarse(suv_volume_of(two.pet_files)), coarse(suv_volume_of(one.pet_files)),
+                             modality="PT")
+        first = {r["name"]: r["center_mm"] for r in one.truth["regions"] if r["kind"] == "metastasis"}
+        second = {r["name"]: r["center_mm"] for r in two.truth["regions"] if r["name"] in first}
+        names = sorted(second)
+        mapped = reg.scan1_to_scan2(np.array([first[n] for n in names]))
+        errors_all += list(np.linalg.norm(mapped - np.array([second[n] for n in names]), axis=1))
+    assert max(errors_all) <= 3.0, np.round(errors_all, 2)
+
+
+def test_tsh_sidecars_csv_and_json(tmp_path, caplog) -> None:
+    import os
+
+    from node.compare.context import TshSource, read_tsh_sidecars
+
+    (tmp_path / "a.csv").write_text("AccessionNumber,TSH\nA1,31.5\nA2,not-a-number\nA3,12\n")
+    (tmp_path / "b.json").write_text('{"A4": 140}')
+    (tmp_path / "c.json").write_text('[{"accession_number": "A3", "tsh_uiu_per_ml": "118"}]')
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "notes.txt").write_text("A1,999")  # not a sidecar
+    for n, name in enumerate(("a.csv", "b.json", "c.json", "broken.json")):
+        os.utime(tmp_path / name, (1000 + n, 1000 + n))
+    found = read_tsh_sidecars(tmp_path)
+    assert {k: v[0] for k, v in found.items()} == {"A1": 31.5, "A3": 118.0, "A4": 140.0}  # newer c.json wins
+    assert "broken.json skipped" in caplog.text and "'not-a-number' is not a number" in caplog.text
+    source = TshSource(sidecar_dir=tmp_path)
+    ds = pydicom.Dataset()
+    ds.AccessionNumber = "A1"
+    ds.AdditionalPatientHistory = "TSH=25"
+    assert source.lookup(ds) == (31.5, "sidecar a.csv")  # the sidecar wins over the header
+    ds.AccessionNumber = "A9"
+    assert source.lookup(ds) == (25.0, "attribute AdditionalPatientHistory")
+    del ds.AdditionalPatientHistory
+    assert source.lookup(ds) == (None, "unknown")
+
+
+def test_uptake_washout_fit_and_s_value_table() -> None:
+    from node.compare.dosimetry import I131_HALF_LIFE_H, MONO, UPTAKE_WASHOUT, s_value_gy_per_mbq_h
+
+    k_w, k_u = math.log(2) / 80, math.log(2) / 4
+    lam = math.log(2) / I131_HALF_LIFE_H
+    times = [4, 24, 48, 96]
+    r = [100 * 0.002 * (math.exp(-k_w * t) - math.exp(-(k_u + k_w) * t)) for t in times]
+    dose = lesion_dose(times, r, volume_ml=1.0)
+    true_tia = 0.002 * (1 / (k_w + lam) - 1 / (k_u + k_w + lam))
+    assert dose.model == UPTAKE_WASHOUT
+    assert dose.tia_h == pytest.approx(true_tia, rel=1e-4)
+    assert dose.biological_half_life_h == pytest.approx(80, rel=1e-4)
+    # Two points: the mono-exponential, which overestimates by ~lambda_eff / (lambda_u + lambda_eff).
+    two = lesion_dose([24, 96], [r[1], r[3]], volume_ml=1.0)
+    assert two.model == MONO and 1.0 < two.tia_h / true_tia < 1.10
+    # An S-value table replaces local deposition; log-log interpolation between its points.
+    table = [(1.0, 0.10), (10.0, 0.01)]
+    assert s_value_gy_per_mbq_h(1.0, table)[0] == pytest.approx(0.10)
+    assert s_value_gy_per_mbq_h(3.1622776, table)[0] == pytest.approx(0.031622776, rel=1e-6)
+    with_table = lesion_dose(times, r, volume_ml=1.0, s_table=table)
+    assert with_table.gy_per_gbq == pytest.approx(0.10 * true_tia * 1000, rel=1e-4)
+    assert with_table.s_value_source == "sphere S-value table"

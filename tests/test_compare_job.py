@@ -135,10 +135,10 @@ def test_tsh_pair_compared_with_tracking_sr_and_side_by_side_page(peers, tmp_pat
     pages = sorted(out2.glob("sc-*.dcm"))
     assert len(pages) == 2  # the summary, then the side-by-side comparison page
     side = pydicom.dcmread(pages[-1]).pixel_array
-    left, right = side[120:660, 16:266], side[120:660, 282:532]
+    left, right = side[120:640, 16:500], side[120:640, 524:1008]
     assert (left < 200).any() and (right < 200).any()  # both MIPs drawn (inverse grey: uptake is dark)
     reds = (side[..., 0] > 200) & (side[..., 1] < 40) & (side[..., 2] < 40)
-    assert reds[120:660, 16:532].any()  # the lost lesion is marked in its category's colour
+    assert reds[120:640, 16:1008].any()  # the lost lesion is marked in its category's colour
     errors = [e for p in [out2 / "seg.dcm", out2 / "sr.dcm", *pages] for e in dciodvfy_errors(p)]
     assert errors == []
 

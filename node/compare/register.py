@@ -39,8 +39,30 @@ def _image(vol: Volume) -> sitk.Image:
     return image
 
 
-def register_rigid(scan2_ct: Volume, scan1_ct: Volume, seed: int = 124) -> RigidRegistration:
-    fixed, moving = _image(scan2_ct), _image(scan1_ct)
+def _pet_image(vol: Volume) -> sitk.Image:
+    """SUV on a log-like scale (clipped at 10) so the body outline and the many moderate structures,
+    not a few hot foci (which change between scans), drive the metric."""
+    image = sitk.GetImageFromArray(np.log1p(np.clip(vol.array, 0, 10)).astype(np.float32))
+    image.SetOrigin(vol.origin)
+    image.SetSpacing(vol.spacing)
+    image.SetDirection(vol.direction)
+    return image
+
+
+def coarse(vol: Volume, spacing_mm: float = 4.0) -> Volume:
+    """`vol` resampled to `spacing_mm` voxels over its own extent (for registration)."""
+    from node.quant.volume import resample_like
+
+    extent = np.array(vol.array.shape[::-1]) * np.array(vol.spacing)
+    shape = tuple(int(max(2, round(e / spacing_mm))) for e in extent[::-1])
+    grid = Volume(np.empty(shape, np.uint8), vol.origin, (spacing_mm,) * 3, vol.direction)
+    return resample_like(vol, grid, 0.0)
+
+
+def register_rigid(scan2_ct: Volume, scan1_ct: Volume, seed: int = 124, modality: str = "CT") -> RigidRegistration:
+    """Scan 1 onto scan 2 by their CTs, or (modality "PT", a scan without CT) by their SUV volumes."""
+    to_image = _image if modality == "CT" else _pet_image
+    fixed, moving = to_image(scan2_ct), to_image(scan1_ct)
     initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                                 sitk.CenteredTransformInitializerFilter.MOMENTS)
     reg = sitk.ImageRegistrationMethod()

@@ -51,6 +51,7 @@ class ScanView:
     doc: dict[str, Any]
     header: Dataset
     ct: Volume | None = None
+    pet: Volume | None = None  # SUV on a coarse grid: the registration fallback without CT
 
     @property
     def administration(self) -> Administration:
@@ -99,6 +100,11 @@ def pair_scans(prior: ScanView, current: ScanView, gate_mm: float) -> Pairing:
         mapped = reg.scan1_to_scan2(p1)
         registration = {"method": "rigid CT-CT, Mattes mutual information", "metric": reg.metric,
                         "iterations": reg.iterations}
+    elif prior.pet is not None and current.pet is not None and len(p1):
+        reg = register_rigid(current.pet, prior.pet, modality="PT")
+        mapped = reg.scan1_to_scan2(p1)
+        registration = {"method": "rigid PET-PET (no CT in one scan), Mattes mutual information",
+                        "metric": reg.metric, "iterations": reg.iterations}
     p2 = np.array([les["centroid_mm"] for les in current_lesions], float).reshape(-1, 3)
     return Pairing(registration, prior_lesions, current_lesions, mapped, match_lesions(mapped, p2, gate_mm))
 

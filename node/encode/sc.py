@@ -171,10 +171,10 @@ def render_pages(result: SeriesResult, doc: dict) -> list[np.ndarray]:
 
 CATEGORY_COLOURS = {"gained uptake": (0, 140, 0), "stable": (60, 60, 60), "reduced uptake": (230, 140, 0),
                     "lost (refractory candidate)": (220, 20, 20), "new": (40, 90, 200)}
-SIDE_BOXES = ((16, 120, 266, 660), (282, 120, 532, 660))
-CHANGE_COLUMNS = [("now", 30, True), ("prior", 80, True), ("site", 92, False), ("SUVmax", 290, True),
-                  ("SUVmax", 350, True), ("change", 420, True), ("%IA", 480, True), ("%IA", 540, True),
-                  ("category", 556, False)]
+SIDE_BOXES = ((16, 120, 500, 640), (524, 120, 1008, 640))
+CHANGE_COLUMNS = [("now", 30, True), ("prior", 80, True), ("site", 100, False), ("SUVmax", 350, True),
+                  ("SUVmax", 440, True), ("change", 520, True), ("%IA", 600, True), ("%IA", 680, True),
+                  ("category", 700, False)]
 
 
 def _mark(draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, xy: tuple[int, int],
