@@ -341,7 +341,6 @@ class ComparisonSection(_Section):
     treat_threshold_gy: PositiveFloat = 20.0
     nodal_response_gy: PositiveFloat = 80.0
     s_values: list[SValuePoint] | None = Field(default=None, min_length=1)
-    dose_min_diameter_mm: PositiveFloat = 15.0
     priors: PriorsSection = PriorsSection()
 
 

@@ -38,9 +38,6 @@ class ComparisonSettings:
     nodal_response_gy: float = 80.0
     s_values: tuple[tuple[float, float], ...] | None = None  # (sphere mass g, Gy per MBq h)
     query: PriorQuery | None = None  # a PACS to ask for earlier studies
-    # Below about twice the PET resolution (124I: 6-8 mm FWHM, iodine124.md) the delineated volume,
-    # hence the mass, is overestimated and the dose underestimated: such rows are flagged.
-    dose_min_diameter_mm: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -190,8 +187,7 @@ def dosimetry_section(current: ScanView, priors: Sequence[tuple[ScanView, Pairin
     """The `dosimetry` section from the current scan and earlier scans of the same administration.
 
     Per lesion, each time point where it was matched contributes its retention: the recovered
-    (spill-out included) %IA when results carry it, else the VOI's %IA. The lesion mass comes from
-    the delineation at the time point of highest SUVmax (best contrast), 1 g/ml.
+    (spill-out included) %IA when results carry it, else the VOI's %IA; 1 g/ml.
     """
     settings = settings or ComparisonSettings()
     views = sorted([p for p, _ in priors] + [current], key=lambda v: float(v.doc["uptake_time_h"]))
@@ -214,19 +210,29 @@ def dosimetry_section(current: ScanView, priors: Sequence[tuple[ScanView, Pairin
             row["error"] = "no %IA at every time point (administration time or activity unknown)"
             out.append(row)
             continue
-        best = max(points, key=lambda p: p[1]["suv_max"])[1]
+        # Mass: the blurred-sphere fits that resolved the lesion, averaged over the time points;
+        # else the delineated volume at the best contrast (flagged: overestimated below ~1.5 FWHM).
+        resolved = [les["sphere_fit"] for _, les in points if (les.get("sphere_fit") or {}).get("resolved")]
+        fits = [f["volume_ml"] for f in resolved]
+        if fits:
+            volume_ml, mass_source = float(np.mean(fits)), f"sphere fit ({len(fits)} of {len(points)} time points)"
+        else:
+            volume_ml = max(points, key=lambda p: p[1]["suv_max"])[1]["volume_ml"]
+            mass_source = "delineated volume (lesion not resolved by the sphere fit)"
         try:
-            dose = lesion_dose(times, retention, best["volume_ml"], s_table=settings.s_values)
+            dose = lesion_dose(times, retention, volume_ml, s_table=settings.s_values)
         except ValueError as exc:
             row["error"] = str(exc)
             out.append(row)
             continue
         reference_gy = dose.dose_gy(settings.dose_activities_gbq[0])
-        diameter_mm = 10.0 * (6.0 * best["volume_ml"] / np.pi) ** (1 / 3)
         row.update({
             "model": dose.model, "mass_g": round(dose.mass_g, 4), "s_value": dose.s_value_source,
-            "equivalent_diameter_mm": round(diameter_mm, 1),
-            "mass_reliable": diameter_mm >= settings.dose_min_diameter_mm,
+            "equivalent_diameter_mm": round(10.0 * (6.0 * volume_ml / np.pi) ** (1 / 3), 1),
+            # Partial-volume losses matter below 2-3 x FWHM (Soret, Bacharach, Buvat, J Nucl Med 2007;
+            # 48:932): below 2 x FWHM the mass, hence the dose, is flagged as uncertain.
+            "mass_source": mass_source,
+            "mass_reliable": bool(fits) and all(f["diameter_mm"] >= 2 * f["fwhm_mm"] for f in resolved),
             "biological_half_life_h": round(dose.biological_half_life_h, 2),
             "effective_half_life_131_h": round(dose.effective_half_life_131_h, 2),
             "time_integrated_activity_h": dose.tia_h, "gy_per_gbq": round(dose.gy_per_gbq, 3),
@@ -298,5 +304,5 @@ def comparison_settings_from_config(section: Any, node_ae_title: str = "IODINE_N
         thresholds=ChangeThresholds(gained=section.gained, reduced=section.reduced,
                                     match_gate_mm=section.match_gate_mm),
         dose_activities_gbq=tuple(section.dose_activities_gbq), treat_threshold_gy=section.treat_threshold_gy,
-        nodal_response_gy=section.nodal_response_gy, dose_min_diameter_mm=section.dose_min_diameter_mm,
+        nodal_response_gy=section.nodal_response_gy,
         s_values=tuple((p.mass_g, p.gy_per_mbq_h) for p in section.s_values) if section.s_values else None)

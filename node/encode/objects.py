@@ -41,6 +41,10 @@ def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSett
     uptake = doc.get("uptake_time_h")
     time_point = f"{source.get('StudyDate', '')} ({uptake:.0f} h after 124I administration)" if uptake is not None \
         else str(source.get("StudyDate", ""))
+    points = [p for section in ("comparison", "dosimetry") if isinstance(doc.get(section), dict)
+              for p in doc[section].get("time_points", []) if p["study_instance_uid"] == doc.get("study_instance_uid")]
+    if points and points[0].get("tsh_uiu_per_ml") is not None:
+        time_point += f", TSH {points[0]['tsh_uiu_per_ml']:g} uIU/mL"
     out: list[tuple[str, Dataset]] = []
     seg = build_seg(result, identity, tracking, charset)
     if seg is not None:

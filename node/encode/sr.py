@@ -100,7 +100,11 @@ def build_sr(result: SeriesResult, doc: dict[str, Any], identity: ResultIdentity
     comparison = doc.get("comparison") if isinstance(doc.get("comparison"), dict) else {}
     changes = {r["current_id"]: r for r in comparison.get("lesions", []) if r["current_id"] is not None}
     doses = {r["current_id"]: r for r in (doc.get("dosimetry") or {}).get("lesions", [])}
-    order = 2 if changes or doses else None
+    # Position among the scans related here: after the prior of a comparison, or in the series of
+    # one administration's time points.
+    dose_points = [p["study_instance_uid"] for p in (doc.get("dosimetry") or {}).get("time_points", [])]
+    order = dose_points.index(doc["study_instance_uid"]) + 1 if doc.get("study_instance_uid") in dose_points \
+        else (2 if comparison.get("lesions") is not None else None)
     when = hd.sr.TimePointContext(time_point=time_point, time_point_order=order)
     groups = []
     for lesion in result.lesions:

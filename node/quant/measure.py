@@ -10,9 +10,10 @@ Definitions:
 - Recovered activity (for dosimetry): the delineated VOI loses the counts the scanner's blur
   spreads outside it (spill-out; 124I resolution ~6-8 mm FWHM, shared/reference/iodine124.md).
   Summing over the VOI enlarged by `margin_mm` (inside the body, without other foci) and removing
-  the local background's share, A = sum_enlarged(C dV) - C_bg x (V_enlarged - V_voi), recovers
+  the local background's share, A = sum_enlarged(C dV) - C_bg x (V_enlarged - V_lesion), recovers
   it without a scanner-specific recovery table (the enlarged-VOI method; Erdi et al., J Nucl Med
-  1995;36:1287 for the background-corrected VOI sum).
+  1995;36:1287 for the background-corrected VOI sum). C_bg and V_lesion come from the blurred-sphere
+  fit (node.quant.sphere) when it resolves the lesion, else the shell background and the VOI.
 - Iodine-avid: LBR >= avid.lbr_threshold and SUVmax >= avid.reference_factor x the soft-tissue
   reference SUV (median SUV of body soft tissue), so a nodule that merely holds blood-pool
   activity inside aerated lung is not called avid.
@@ -28,10 +29,12 @@ from scipy import ndimage
 
 from node.quant.detect import Focus
 from node.quant.landmarks import Landmarks
+from node.quant.sphere import SphereFit, fit_sphere
 from node.quant.volume import Volume
 
 PEAK_SPHERE_RADIUS_MM = (3 * 1000 / (4 * math.pi)) ** (1 / 3)  # 1 cm³ sphere: r = 6.2035 mm
 BACKGROUND_SHELL_MM = (10.0, 25.0)
+SPHERE_FIT_MARGIN_MM = 12.0  # the voxels the sphere fit sees: the lesion and its blurred edge
 DEFAULT_ACTIVITY_MARGIN_MM = 10.0  # ~1.5 x the 124I effective FWHM: > 99 % of a Gaussian's spill
 
 
@@ -75,6 +78,7 @@ class Lesion:
     mask_label: int  # the focus' value in the label volume
     partial_volume: dict[str, float] | None = None
     activity_recovered_mbq: float | None = None  # spill-out recovered (enlarged VOI), at scan time
+    sphere: SphereFit | None = None  # blurred-sphere fit: size without a threshold (dosimetry mass)
     percent_injected_activity_recovered: float | None = None
 
 
@@ -181,10 +185,6 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
         activity_bq = conc_sum * suv_vol.voxel_ml
         to_admin = math.exp(lam * scale.uptake_time_s) if scale.uptake_time_s is not None else None
         at_admin = activity_bq * to_admin if to_admin is not None else None
-        enlarged = (dist <= margin_mm) & inside[box] & ((labels[box] == 0) | mask)
-        n_enlarged = int(enlarged.sum())
-        recovered_suv_ml = (float(suv[box][enlarged].sum()) - bg * (n_enlarged - n)) * suv_vol.voxel_ml
-        recovered_bq = max(recovered_suv_ml * scale.decayed_activity_bq / scale.weight_g, activity_bq)
         mean_hu = float(ct_hu[box][mask].mean()) if ct_hu is not None else None
         coords = np.argwhere(mask) * np.array(spacing_kji)
         if n >= 3:
@@ -199,6 +199,11 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
         centroid = centroids[focus.label]
         others = [c for label, c in centroids.items() if label != focus.label]
         label, site = classify(centroid, volume_ml, mean_hu, elongation, lm, others, in_lung, in_bone)
+        sphere, recovered_bq = None, None
+        if label in ("metastasis", "remnant"):  # followed over time: sized and dosed
+            sphere, recovered_suv_ml = _sphere_and_recovered(suv_vol, box, mask, dist, labels, inside, centroid,
+                                                             volume_ml, bg, margin_mm)
+            recovered_bq = max(recovered_suv_ml * scale.decayed_activity_bq / scale.weight_g, activity_bq)
         lbr = suv_max / bg if bg > 0 else float("inf")
         avid_flag = bool(lbr >= avid.lbr_threshold and suv_max >= avid.reference_factor * reference)
         pvc = None
@@ -215,15 +220,35 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
             lesion_to_background=lbr, background_suv=bg, mean_hu=mean_hu,
             iodine_avid=avid_flag if label in ("metastasis", "remnant") else False, voxels=n,
             elongation=elongation, mask_label=focus.label, partial_volume=pvc,
-            activity_recovered_mbq=recovered_bq / 1e6,
+            activity_recovered_mbq=recovered_bq / 1e6 if recovered_bq is not None else None, sphere=sphere,
             percent_injected_activity_recovered=(100.0 * recovered_bq * to_admin / scale.injected_activity_bq
-                                                 if to_admin is not None else None),
+                                                 if to_admin is not None and recovered_bq is not None else None),
         ))
     # Number lesions: metastases first (strongest first), then remnant, then physiological.
     rank = {"metastasis": 0, "remnant": 1}
     ordered = sorted(out, key=lambda les: (rank.get(les.label, 2), -les.suv_max))
     numbered = [Lesion(**{**les.__dict__, "id": i + 1}) for i, les in enumerate(ordered)]
     return numbered, reference
+
+
+def _sphere_and_recovered(suv_vol: Volume, box: tuple[slice, ...], mask: np.ndarray, dist: np.ndarray,
+                          labels: np.ndarray, inside: np.ndarray, centroid: np.ndarray, volume_ml: float,
+                          shell_bg: float, margin_mm: float) -> tuple[SphereFit | None, float]:
+    """(blurred-sphere fit, spill-out recovered SUV x ml) of one lesion (module docstring)."""
+    suv = suv_vol.array[box]
+    free = inside[box] & ((labels[box] == 0) | mask)
+    near = (dist <= SPHERE_FIT_MARGIN_MM) & free
+    sphere = fit_sphere(suv[near], suv_vol.index_to_lps(np.argwhere(near) + [b.start for b in box]), centroid,
+                        (3 * volume_ml * 1000 / (4 * math.pi)) ** (1 / 3), float(suv[mask].max()), shell_bg)
+    enlarged = (dist <= margin_mm) & free
+    enlarged_ml = int(enlarged.sum()) * suv_vol.voxel_ml
+    # The background under the enlarged VOI: the fitted local level and lesion volume when the sphere
+    # fit resolved the lesion (closer than the 10-25 mm shell, e.g. inside a vertebra), else the shell's.
+    if sphere is not None and sphere.resolved:
+        bg, lesion_ml = sphere.background, sphere.volume_ml
+    else:
+        bg, lesion_ml = shell_bg, int(mask.sum()) * suv_vol.voxel_ml
+    return sphere, float(suv[enlarged].sum()) * suv_vol.voxel_ml - bg * (enlarged_ml - lesion_ml)
 
 
 def recovery_coefficient(table: list[tuple[float, float]], volume_ml: float) -> float:

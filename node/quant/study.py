@@ -236,6 +236,10 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
             "activity_mbq": _round(les.activity_mbq, 6),
             "activity_mbq_at_administration": _round(les.activity_mbq_at_administration, 6),
             "percent_injected_activity": _round(les.percent_injected_activity, 6),
+            "sphere_fit": None if les.sphere is None else {
+                "diameter_mm": _round(2 * les.sphere.radius_mm, 2), "volume_ml": _round(les.sphere.volume_ml),
+                "fwhm_mm": _round(2.3548 * les.sphere.sigma_mm, 2), "suv": _round(les.sphere.concentration),
+                "rms_residual": _round(les.sphere.rms_residual), "resolved": les.sphere.resolved},
             "activity_recovered_mbq": _round(les.activity_recovered_mbq, 6),
             "percent_injected_activity_recovered": _round(les.percent_injected_activity_recovered, 6),
             "lesion_to_background": _round(les.lesion_to_background), "background_suv": _round(les.background_suv),
