@@ -1,6 +1,7 @@
 """131I lesion dosimetry from serial 124I phantom scans over several seeds: the node's Gy/GBq against
 (a) the same method applied to the phantom's true retention and mass ("reference method") and
-(b) the phantom's true kinetics with its uptake phase ("full kinetics"), for rows the node calls reliable (mass_reliable) and the flagged rest.
+(b) the phantom's true kinetics with its uptake phase ("full kinetics"), for rows the node calls
+reliable (mass_reliable) and the flagged rest.
 
 Usage: python -m bench.dosimetry [--seeds 5] [--noise 0.15] [--times 24,96]
 """

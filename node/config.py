@@ -337,6 +337,7 @@ class ComparisonSection(_Section):
     gained: PositiveFloat = 0.25
     reduced: Annotated[float, Field(lt=0)] = -0.25
     match_gate_mm: PositiveFloat = 15.0
+    registration: Literal["rigid", "affine"] = "rigid"
     dose_activities_gbq: list[PositiveFloat] = Field(default=[3.7, 7.4], min_length=1)
     treat_threshold_gy: PositiveFloat = 20.0
     nodal_response_gy: PositiveFloat = 80.0

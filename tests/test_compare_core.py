@@ -173,3 +173,19 @@ def test_uptake_washout_fit_and_s_value_table() -> None:
     with_table = lesion_dose(times, r, volume_ml=1.0, s_table=table)
     assert with_table.gy_per_gbq == pytest.approx(0.10 * true_tia * 1000, rel=1e-4)
     assert with_table.s_value_source == "sphere S-value table"
+
+
+def test_affine_stage_after_rigid_keeps_lesions_within_3_mm(tmp_path) -> None:
+    from node.compare.register import register_rigid
+    from node.compare.study import ct_on_coarse_grid
+    from node.phantom import PhantomOptions, generate_phantom
+
+    one = generate_phantom(tmp_path / "1", PhantomOptions(seed=5, noise=0.15))
+    two = generate_phantom(tmp_path / "2", PhantomOptions(seed=5, noise=0.15, timepoint=2))
+    reg = register_rigid(ct_on_coarse_grid(two.ct_files), ct_on_coarse_grid(one.ct_files), affine=True)
+    first = {r["name"]: r["center_mm"] for r in one.truth["regions"] if r["kind"] == "metastasis"}
+    second = {r["name"]: r["center_mm"] for r in two.truth["regions"] if r["name"] in first}
+    names = sorted(second)
+    errors = np.linalg.norm(reg.scan1_to_scan2(np.array([first[n] for n in names]))
+                            - np.array([second[n] for n in names]), axis=1)
+    assert errors.max() <= 3.0, dict(zip(names, errors.round(2), strict=True))

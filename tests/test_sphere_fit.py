@@ -17,7 +17,7 @@ def synthetic(radius_mm: float, fwhm_mm: float, voxel_mm: float = 4.0, conc: flo
     """(values, points) of a ball at `offset_mm` on a 1 mm grid, Gaussian-blurred, box-averaged to
     `voxel_mm` voxels: partial voxels and all, as a scanner would see it."""
     fine = 1.0
-    n = int(round(64 / fine))
+    n = 64
     axis = (np.arange(n) - n / 2 + 0.5) * fine
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
     ball = ((x - offset_mm[0]) ** 2 + (y - offset_mm[1]) ** 2 + (z - offset_mm[2]) ** 2) <= radius_mm**2

@@ -59,23 +59,40 @@ def coarse(vol: Volume, spacing_mm: float = 4.0) -> Volume:
     return resample_like(vol, grid, 0.0)
 
 
-def register_rigid(scan2_ct: Volume, scan1_ct: Volume, seed: int = 124, modality: str = "CT") -> RigidRegistration:
-    """Scan 1 onto scan 2 by their CTs, or (modality "PT", a scan without CT) by their SUV volumes."""
-    to_image = _image if modality == "CT" else _pet_image
-    fixed, moving = to_image(scan2_ct), to_image(scan1_ct)
-    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+def _method(seed: int, learning_rate: float, iterations: int) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(0.1, seed)
     reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=150,
-                                                 relaxationFactor=0.5)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=1e-3,
+                                                 numberOfIterations=iterations, relaxationFactor=0.5)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([2, 1])  # the input is already on the ~4 mm PET grid
     reg.SetSmoothingSigmasPerLevel([4.0, 0.0])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return reg
+
+
+def register_rigid(scan2_ct: Volume, scan1_ct: Volume, seed: int = 124, modality: str = "CT",
+                   affine: bool = False) -> RigidRegistration:
+    """Scan 1 onto scan 2 by their CTs, or (modality "PT", a scan without CT) by their SUV volumes;
+    with `affine`, a 12-parameter stage follows the rigid one (posture, breathing, weight change)."""
+    to_image = _image if modality == "CT" else _pet_image
+    fixed, moving = to_image(scan2_ct), to_image(scan1_ct)
+    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    reg = _method(seed, 2.0, 150)
     reg.SetInitialTransform(initial, inPlace=False)
     transform = reg.Execute(fixed, moving)
+    if affine:
+        rigid = sitk.Euler3DTransform(sitk.CompositeTransform(transform).GetNthTransform(0)) \
+            if transform.GetName() == "CompositeTransform" else sitk.Euler3DTransform(transform)
+        start = sitk.AffineTransform(3)
+        start.SetCenter(rigid.GetCenter())
+        start.SetMatrix(rigid.GetMatrix())
+        start.SetTranslation(rigid.GetTranslation())
+        reg = _method(seed, 1.0, 100)
+        reg.SetInitialTransform(start, inPlace=False)
+        transform = reg.Execute(fixed, moving)
     return RigidRegistration(transform, float(reg.GetMetricValue()), int(reg.GetOptimizerIteration()))

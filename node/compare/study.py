@@ -38,6 +38,7 @@ class ComparisonSettings:
     nodal_response_gy: float = 80.0
     s_values: tuple[tuple[float, float], ...] | None = None  # (sphere mass g, Gy per MBq h)
     query: PriorQuery | None = None  # a PACS to ask for earlier studies
+    registration: str = "rigid"  # or "affine": a 12-parameter stage after the rigid one
 
 
 @dataclass(frozen=True)
@@ -87,20 +88,21 @@ def tracked(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [les for les in doc["lesions"] if les["label"] in TRACKED_LABELS]
 
 
-def pair_scans(prior: ScanView, current: ScanView, gate_mm: float) -> Pairing:
+def pair_scans(prior: ScanView, current: ScanView, gate_mm: float, affine: bool = False) -> Pairing:
     prior_lesions, current_lesions = tracked(prior.doc), tracked(current.doc)
     p1 = np.array([les["centroid_mm"] for les in prior_lesions], float).reshape(-1, 3)
     mapped = p1
     registration: dict[str, Any] = {"method": "none (no CT in one scan): scanner coordinates"}
     if prior.ct is not None and current.ct is not None and len(p1):
-        reg = register_rigid(current.ct, prior.ct)
+        reg = register_rigid(current.ct, prior.ct, affine=affine)
         mapped = reg.scan1_to_scan2(p1)
-        registration = {"method": "rigid CT-CT, Mattes mutual information", "metric": reg.metric,
-                        "iterations": reg.iterations}
+        registration = {"method": f"{'rigid then affine' if affine else 'rigid'} CT-CT, Mattes mutual information",
+                        "metric": reg.metric, "iterations": reg.iterations}
     elif prior.pet is not None and current.pet is not None and len(p1):
-        reg = register_rigid(current.pet, prior.pet, modality="PT")
+        reg = register_rigid(current.pet, prior.pet, modality="PT", affine=affine)
         mapped = reg.scan1_to_scan2(p1)
-        registration = {"method": "rigid PET-PET (no CT in one scan), Mattes mutual information",
+        registration = {"method": f"{'rigid then affine' if affine else 'rigid'} PET-PET (no CT in one scan), "
+                                  "Mattes mutual information",
                         "metric": reg.metric, "iterations": reg.iterations}
     p2 = np.array([les["centroid_mm"] for les in current_lesions], float).reshape(-1, 3)
     return Pairing(registration, prior_lesions, current_lesions, mapped, match_lesions(mapped, p2, gate_mm))
@@ -259,6 +261,7 @@ def relate_scans(current_suv: Volume, current: ScanView, priors: Sequence[ScanVi
     prior scan of the comparison). `priors` are earlier scans of the same patient, any order."""
     settings = settings or ComparisonSettings()
     gate = settings.thresholds.match_gate_mm
+    affine = settings.registration == "affine"
     mine = current.administration
     same = [p for p in priors if same_administration(p.administration, mine)]
     other = [p for p in priors if not same_administration(p.administration, mine)]
@@ -267,11 +270,11 @@ def relate_scans(current_suv: Volume, current: ScanView, priors: Sequence[ScanVi
     compared: ScanView | None = None
     if other:
         compared = max(other, key=lambda p: p.doc["reference_datetime"])
-        pairing = pair_scans(compared, current, gate)
+        pairing = pair_scans(compared, current, gate, affine)
         sections["comparison"] = compare_scans(current_suv, current, compared, pairing, settings)
         latest = (datetime.fromisoformat(compared.doc["reference_datetime"]), pairing)
     if same:
-        pairings = [(p, pair_scans(p, current, gate)) for p in same]
+        pairings = [(p, pair_scans(p, current, gate, affine)) for p in same]
         sections["dosimetry"] = dosimetry_section(current, pairings, settings)
         for p, pairing in pairings:
             when = datetime.fromisoformat(p.doc["reference_datetime"])
@@ -297,7 +300,7 @@ def comparison_settings_from_config(section: Any, node_ae_title: str = "IODINE_N
     q = section.priors.query
     query = PriorQuery(q.ae_title, q.host, q.port, q.calling_ae_title or node_ae_title, q.retrieve,
                        q.move_destination or node_ae_title, q.timeout_s) if q is not None else None
-    return ComparisonSettings(query=query,
+    return ComparisonSettings(query=query, registration=section.registration,
         prior_window_days=section.prior_window_days,
         tsh=TshSource(section.tsh.tag, section.tsh.pattern,
                       Path(section.tsh.sidecar_dir) if section.tsh.sidecar_dir else None),
