@@ -31,6 +31,41 @@ def nearest(regions: list[dict], centre: list[float]) -> dict:
     return min(regions, key=lambda r: np.linalg.norm(np.subtract(r["center_mm"], centre)))
 
 
+def score_seed(seed: int, noise: float) -> tuple[int, int, int, int]:
+    """(matched lesions, correctly matched, categories judged, categories right) for one TSH pair of
+    small phantoms (metastases; categories for lesions >= 10 mm, as the generator changed them)."""
+    matches = correct = cats = cats_ok = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        one = generate_phantom(Path(tmp) / "1", PhantomOptions(seed=seed, noise=noise))
+        two = generate_phantom(Path(tmp) / "2", PhantomOptions(seed=seed, noise=noise, timepoint=2))
+        s = QuantSettings()
+        r1 = quantify_files(one.pet_files, one.ct_files, s)
+        r2 = quantify_files(two.pet_files, two.ct_files, s)
+        d1, d2 = results_document(r1, s), results_document(r2, s)
+        prior = ScanView(d1, r1.pet_headers[0], ct_on_coarse_grid(one.ct_files))
+        current = ScanView(d2, r2.pet_headers[0], ct_on_coarse_grid(two.ct_files))
+        settings = ComparisonSettings()
+        pairing = pair_scans(prior, current, settings.thresholds.match_gate_mm)
+        section = compare_scans(r2.suv_volume, current, prior, pairing, settings)
+    by1 = {les["id"]: les for les in d1["lesions"]}
+    by2 = {les["id"]: les for les in d2["lesions"]}
+    for row in section["lesions"]:
+        if row["prior_id"] is None:
+            continue
+        t1 = nearest(one.truth["regions"], by1[row["prior_id"]]["centroid_mm"])
+        if t1["kind"] != "metastasis":
+            continue
+        change = next(r for r in two.truth["regions"] if r["name"] == t1["name"]).get("change_from_timepoint_1")
+        if row["current_id"] is not None:
+            t2 = nearest(two.truth["regions"], by2[row["current_id"]]["centroid_mm"])
+            matches += 1
+            correct += t2["name"] == t1["name"]
+        if change in EXPECTED and t1["diameter_mm"] >= 10:
+            cats += 1
+            cats_ok += row["category"] == EXPECTED[change]
+    return matches, correct, cats, cats_ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=10)
@@ -38,39 +73,9 @@ def main() -> int:
     args = parser.parse_args()
     matches = correct = cats = cats_ok = 0
     for seed in range(1, args.seeds + 1):
-        with tempfile.TemporaryDirectory() as tmp:
-            one = generate_phantom(Path(tmp) / "1", PhantomOptions(seed=seed, noise=args.noise))
-            two = generate_phantom(Path(tmp) / "2", PhantomOptions(seed=seed, noise=args.noise, timepoint=2))
-            s = QuantSettings()
-            r1 = quantify_files(one.pet_files, one.ct_files, s)
-            r2 = quantify_files(two.pet_files, two.ct_files, s)
-            d1, d2 = results_document(r1, s), results_document(r2, s)
-            prior = ScanView(d1, r1.pet_headers[0], ct_on_coarse_grid(one.ct_files))
-            current = ScanView(d2, r2.pet_headers[0], ct_on_coarse_grid(two.ct_files))
-            settings = ComparisonSettings()
-            pairing = pair_scans(prior, current, settings.thresholds.match_gate_mm)
-            section = compare_scans(r2.suv_volume, current, prior, pairing, settings)
-        by1 = {les["id"]: les for les in d1["lesions"]}
-        by2 = {les["id"]: les for les in d2["lesions"]}
-        seed_ok = seed_n = 0
-        for row in section["lesions"]:
-            if row["prior_id"] is None:
-                continue
-            t1 = nearest(one.truth["regions"], by1[row["prior_id"]]["centroid_mm"])
-            if t1["kind"] != "metastasis":
-                continue
-            change = next(r for r in two.truth["regions"] if r["name"] == t1["name"]).get("change_from_timepoint_1")
-            if row["current_id"] is not None:
-                t2 = nearest(two.truth["regions"], by2[row["current_id"]]["centroid_mm"])
-                matches += 1
-                seed_n += 1
-                ok = t2["name"] == t1["name"]
-                correct += ok
-                seed_ok += ok
-            if change in EXPECTED and t1["diameter_mm"] >= 10:
-                cats += 1
-                cats_ok += row["category"] == EXPECTED[change]
-        print(f"seed {seed:2d}: {seed_ok}/{seed_n} matches correct; categories so far {cats_ok}/{cats}", flush=True)
+        n, ok, c, c_ok = score_seed(seed, args.noise)
+        matches, correct, cats, cats_ok = matches + n, correct + ok, cats + c, cats_ok + c_ok
+        print(f"seed {seed:2d}: {ok}/{n} matches correct; categories so far {cats_ok}/{cats}", flush=True)
     print(f"\ncorrect matches: {100 * correct / max(matches, 1):.1f} % ({correct}/{matches}); "
           f"correct categories (lesions >= 10 mm): {100 * cats_ok / max(cats, 1):.1f} % ({cats_ok}/{cats})")
     return 0

@@ -189,3 +189,16 @@ def test_affine_stage_after_rigid_keeps_lesions_within_3_mm(tmp_path) -> None:
     errors = np.linalg.norm(reg.scan1_to_scan2(np.array([first[n] for n in names]))
                             - np.array([second[n] for n in names]), axis=1)
     assert errors.max() <= 3.0, dict(zip(names, errors.round(2), strict=True))
+
+
+def test_matching_over_ten_noisy_seeds() -> None:
+    """TSH pairs of ten noisy phantoms (shifted, rotated, uptake changed): >= 95 % of matched
+    metastases matched to the right lesion, >= 95 % of categories (lesions >= 10 mm) right."""
+    from bench.matching import score_seed
+
+    totals = np.zeros(4, int)
+    for seed in range(1, 11):
+        totals += score_seed(seed, 0.15)
+    matches, correct, cats, cats_ok = (int(v) for v in totals)
+    assert matches >= 60 and correct / matches >= 0.95, (correct, matches)
+    assert cats >= 50 and cats_ok / cats >= 0.95, (cats_ok, cats)
