@@ -17,7 +17,7 @@ from typing import Any
 
 import pydicom
 
-from node.compare.priors import retrieve_priors
+from node.compare.priors import retrieve_priors, was_retrieved
 from node.compare.register import coarse
 from node.compare.study import ComparisonSettings, ScanView, ct_on_coarse_grid, inherit_tracking, relate_scans
 from node.encode.sc import PriorView
@@ -167,7 +167,7 @@ def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[
     reference = datetime.fromisoformat(doc["reference_datetime"])
     window_s = settings.prior_window_days * 86400
     current_ct = series[doc["ct_series_instance_uid"]].paths if doc.get("ct_series_instance_uid") in series else []
-    if settings.query is not None:
+    if settings.query is not None and not was_retrieved(storage_root, study_uid):
         conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
         try:
             patient, known = _earlier_studies(conn, study_uid)

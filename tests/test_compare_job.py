@@ -237,3 +237,6 @@ def test_prior_fetched_from_orthanc(peers, tmp_path: Path, retrieve: str) -> Non
     assert n.instance_count(uid1) == len(one.files)  # PET and CT of the prior, all of it
     assert any(r["category"].startswith("lost") for r in doc["comparison"]["lesions"])
     assert f"by C-{retrieve.upper()}" in n.log()
+    # The retrieved prior is quantified as a study of its own, without asking the PACS in turn.
+    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 120, "the prior's own job")
+    assert n.log().count("for earlier studies of the patient") == 1 and n.log().count("retrieved (") == 1

@@ -215,10 +215,27 @@ def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
         index.close()
 
 
+RETRIEVED_DIR = "retrieved-priors"
+
+
+def mark_retrieved(storage_root: Path, study_uid: str) -> None:
+    """Remember that a study came as a prior, so its own job does not query the PACS in turn (which
+    would walk the patient's history back window by window)."""
+    if is_valid_uid(study_uid):
+        folder = storage_root / RETRIEVED_DIR
+        folder.mkdir(exist_ok=True)
+        (folder / study_uid).touch()
+
+
+def was_retrieved(storage_root: Path, study_uid: str) -> bool:
+    return is_valid_uid(study_uid) and (storage_root / RETRIEVED_DIR / study_uid).is_file()
+
+
 def retrieve_priors(query: PriorQuery, patient_id: str, issuer: str, study_uid: str, reference: datetime,
                     window_days: float, known: set[str], storage_root: Path) -> list[str]:
     """Ask the PACS for earlier PET studies of the patient that this node does not hold and retrieve
     them; returns the Study UIDs now here. A PACS that cannot be reached is logged, not fatal."""
+    log.info("study %s: asking %s for earlier studies of the patient", study_uid, query.ae_title)
     try:
         studies = find_prior_studies(query, patient_id, issuer, reference, window_days, known | {study_uid})
     except PriorQueryError as exc:
@@ -232,6 +249,7 @@ def retrieve_priors(query: PriorQuery, patient_id: str, issuer: str, study_uid: 
             else:
                 _move(query, prior)
             done.append(prior.study_uid)
+            mark_retrieved(storage_root, prior.study_uid)
             log.info("study %s: prior study %s retrieved (%d series) by C-%s", study_uid, prior.study_uid,
                      len(prior.series), query.retrieve.upper())
         except PriorQueryError as exc:
