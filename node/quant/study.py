@@ -337,7 +337,13 @@ def write_study_outputs(out_dir: Path, results: Sequence[tuple[SeriesResult, dic
         files = write_results(target, doc)
         files += write_objects(target, objects)
         written += [out_dir / p.relative_to(staging) for p in files]
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    for attempt in range(3):  # another process may put the same (deterministic) results in place meanwhile
+        if out_dir.exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            os.replace(staging, out_dir)
+            break
+        except OSError:
+            if attempt == 2:
+                raise
     return written
