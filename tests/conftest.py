@@ -63,3 +63,26 @@ def node(tmp_path: Path):
     yield make
     for n in nodes:
         n.stop()
+
+
+@pytest.fixture
+def peers(tmp_path: Path):
+    """(make_orthanc, make_node): Orthanc and node processes created but not started (tests
+    configure them against each other first); all stopped afterwards."""
+    from tests.peers import NodeProcess, Orthanc
+
+    started: list = []
+
+    def orthanc(**kw) -> Orthanc:
+        o = Orthanc(tmp_path / f"orthanc{len(started)}", **kw)
+        started.append(o)
+        return o
+
+    def node(config: dict | None = None, env: dict | None = None) -> NodeProcess:
+        n = NodeProcess(tmp_path / f"node{len(started)}", config, env)
+        started.append(n)
+        return n
+
+    yield orthanc, node
+    for p in started:
+        p.stop()

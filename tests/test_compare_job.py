@@ -14,26 +14,7 @@ import yaml
 
 from node.compare.dosimetry import lesion_dose
 from tests.conftest import dciodvfy_errors
-from tests.peers import NodeProcess, Orthanc, wait_for
-
-
-@pytest.fixture
-def peers(tmp_path: Path):
-    started: list = []
-
-    def orthanc(**kw) -> Orthanc:
-        o = Orthanc(tmp_path / f"orthanc{len(started)}", **kw)
-        started.append(o)
-        return o
-
-    def node(config: dict | None = None) -> NodeProcess:
-        n = NodeProcess(tmp_path / f"node{len(started)}", config)
-        started.append(n)
-        return n
-
-    yield orthanc, node
-    for p in started:
-        p.stop()
+from tests.peers import NodeProcess, wait_for
 
 
 def push_in_turn(n: NodeProcess, *studies) -> dict:

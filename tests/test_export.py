@@ -26,25 +26,6 @@ def study(tmp_path_factory: pytest.TempPathFactory):
     return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=21, noise=0.15))
 
 
-@pytest.fixture
-def peers(tmp_path: Path):
-    started: list = []
-
-    def orthanc(**kw) -> Orthanc:
-        o = Orthanc(tmp_path / f"orthanc{len(started)}", **kw)
-        started.append(o)
-        return o
-
-    def node(config: dict | None = None, env: dict | None = None) -> NodeProcess:
-        n = NodeProcess(tmp_path / f"node{len(started)}", config, env)
-        started.append(n)
-        return n
-
-    yield orthanc, node
-    for p in started:
-        p.stop()
-
-
 def pacs_for(node: NodeProcess, orthanc: Orthanc, **extra: object) -> dict:
     return {"destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
                               "port": orthanc.dicom_port, **extra}], "export": FAST_RETRY}

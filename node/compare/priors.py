@@ -69,6 +69,19 @@ def _on_open(event: evt.Event) -> None:
         set_nodelay(sock)
 
 
+def _associate(query: PriorQuery, what: str, contexts: tuple[str, ...], **kwargs: Any) -> Any:
+    """An established association with the PACS (TCP_NODELAY on), or PriorQueryError naming it."""
+    ae = AE(ae_title=query.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = query.timeout_s
+    for context in contexts:
+        ae.add_requested_context(context)
+    handlers = [(evt.EVT_CONN_OPEN, _on_open), *kwargs.pop("evt_handlers", [])]
+    assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, evt_handlers=handlers, **kwargs)
+    if not assoc.is_established:
+        raise PriorQueryError(f"{what}: association with {query.ae_title}@{query.host}:{query.port} not established")
+    return assoc
+
+
 def _responses(assoc: Any, iterator: Iterator[tuple[Dataset, Dataset | None]], what: str) -> list[Dataset]:
     found = []
     for status, identifier in iterator:
@@ -87,12 +100,7 @@ def find_prior_studies(query: PriorQuery, patient_id: str, issuer: str, referenc
                        exclude: set[str]) -> list[PriorStudy]:
     """PET studies of the patient dated within the window before `reference` (newest first), with their
     PET and CT series; studies in `exclude` (already here) are left out."""
-    ae = AE(ae_title=query.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = query.timeout_s
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)])
-    if not assoc.is_established:
-        raise PriorQueryError(f"C-FIND: association with {query.ae_title}@{query.host}:{query.port} not established")
+    assoc = _associate(query, "C-FIND", (StudyRootQueryRetrieveInformationModelFind,))
     try:
         ds = Dataset()
         ds.QueryRetrieveLevel = "STUDY"
@@ -131,20 +139,21 @@ def find_prior_studies(query: PriorQuery, patient_id: str, issuer: str, referenc
         assoc.release()
 
 
+def _series_key(prior: PriorStudy, series_uid: str) -> Dataset:
+    """The identifier of a series-level retrieve (PS3.4 C.4.2.1.4: unique keys down to the level)."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID = prior.study_uid
+    ds.SeriesInstanceUID = series_uid
+    return ds
+
+
 def _move(query: PriorQuery, prior: PriorStudy) -> None:
-    ae = AE(ae_title=query.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = query.timeout_s
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)])
-    if not assoc.is_established:
-        raise PriorQueryError(f"C-MOVE: association with {query.ae_title}@{query.host}:{query.port} not established")
+    assoc = _associate(query, "C-MOVE", (StudyRootQueryRetrieveInformationModelMove,))
     try:
         for series_uid in prior.series:
-            ds = Dataset()
-            ds.QueryRetrieveLevel = "SERIES"
-            ds.StudyInstanceUID = prior.study_uid
-            ds.SeriesInstanceUID = series_uid
-            _final_status(assoc.send_c_move(ds, query.move_destination, StudyRootQueryRetrieveInformationModelMove),
+            _final_status(assoc.send_c_move(_series_key(prior, series_uid), query.move_destination,
+                                            StudyRootQueryRetrieveInformationModelMove),
                           f"C-MOVE of series {series_uid} to {query.move_destination}")
     finally:
         assoc.release()
@@ -189,29 +198,19 @@ def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
         finally:
             temp.unlink(missing_ok=True)
 
-    ae = AE(ae_title=query.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = query.timeout_s
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    roles = []
-    for sop_class in GET_STORAGE_CLASSES:
-        ae.add_requested_context(sop_class)
-        roles.append(build_role(sop_class, scp_role=True))
-    assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, ext_neg=roles,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, _on_open), (evt.EVT_C_STORE, on_store)])
     try:
-        if not assoc.is_established:
-            raise PriorQueryError(f"C-GET: association with {query.ae_title}@{query.host}:{query.port} "
-                                  "not established")
+        assoc = _associate(query, "C-GET", (StudyRootQueryRetrieveInformationModelGet, *GET_STORAGE_CLASSES),
+                           ext_neg=[build_role(c, scp_role=True) for c in GET_STORAGE_CLASSES],
+                           evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    except PriorQueryError:
+        index.close()
+        raise
+    try:
         for series_uid in prior.series:
-            ds = Dataset()
-            ds.QueryRetrieveLevel = "SERIES"
-            ds.StudyInstanceUID = prior.study_uid
-            ds.SeriesInstanceUID = series_uid
-            _final_status(assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet),
+            _final_status(assoc.send_c_get(_series_key(prior, series_uid), StudyRootQueryRetrieveInformationModelGet),
                           f"C-GET of series {series_uid}")
     finally:
-        if assoc.is_established:
-            assoc.release()
+        assoc.release()
         index.close()
 
 
