@@ -25,7 +25,8 @@ def setup_logging(level: str | int, fmt: str = "text") -> None:
                          logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()) if isinstance(level, str) else level,
                         handlers=[handler], force=True)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for chatty in ("pynetdicom", "highdicom"):  # a line per association event / copied attribute group
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def current_setup() -> tuple[int, str]:

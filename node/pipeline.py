@@ -11,6 +11,8 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -64,8 +66,7 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
                  settings: QuantSettings, comparison: ComparisonSettings | None = None) -> dict[str, Any]:
     if not is_valid_uid(study_uid):
         raise JobError(f"invalid StudyInstanceUID {study_uid!r}")
-    conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
-    try:
+    with _index(storage_root) as conn:
         wanted = list(payload.get("pet_series", []))
         for cts in payload.get("ct_series", {}).values():
             wanted += [c for c in cts if c not in wanted]
@@ -78,8 +79,6 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
                                f"e.g. {missing[0]}")
             if files:
                 series[uid] = SeriesFiles(uid, pydicom.dcmread(files[0], stop_before_pixels=True), files)
-    finally:
-        conn.close()
     try:
         results = process_study(series, settings)
     except (StudyError, SuvError, VolumeError) as exc:
@@ -128,32 +127,58 @@ def _earlier_studies(conn: sqlite3.Connection, study_uid: str) -> tuple[tuple[st
     return (me[0], me[1] or ""), others
 
 
-def _load_prior(storage_root: Path, conn: sqlite3.Connection, uid: str, settings: QuantSettings,
-                need_pet: bool) -> ScanView | None:
-    """A prior scan of the node: its stored results, or (retrieved from the PACS and not yet
-    quantified) quantified now and its results stored for reuse."""
+@contextmanager
+def _index(storage_root: Path) -> Iterator[sqlite3.Connection]:
+    """The index, read-only (a worker never writes it; the service does)."""
+    conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _in_window(when: datetime, reference: datetime, window_s: float) -> bool:
+    return when < reference and (reference - when).total_seconds() <= window_s
+
+
+def _prior_doc(storage_root: Path, conn: sqlite3.Connection, uid: str, quant: QuantSettings, reference: datetime,
+               window_s: float) -> dict[str, Any] | None:
+    """An earlier scan's results within the window: stored ones, or (a study retrieved from the PACS
+    and not yet quantified) quantified now and stored for reuse."""
     path = storage_root / "results" / uid / "results.json"
     if path.is_file():
-        prior = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     else:
+        row = conn.execute("SELECT study_date FROM studies WHERE study_uid=?", (uid,)).fetchone()
+        try:  # only quantify what can be in the window (StudyDate: a day's resolution)
+            day = datetime.strptime(str(row[0] or ""), "%Y%m%d")
+            if not _in_window(day, reference, window_s + 86400):
+                return None
+        except (TypeError, ValueError):
+            pass
         series = _study_series(conn, storage_root, uid)
         if not any(s.modality == "PT" for s in series.values()):
             return None
         try:
-            results = process_study(series, settings)
+            results = process_study(series, quant)
         except (StudyError, SuvError, VolumeError) as exc:
             log.warning("prior study %s cannot be quantified: %s", uid, exc)
             return None
-        write_study_outputs(storage_root / "results" / uid, results, settings)
-        prior = results[0][1]
-    if not prior.get("injection_datetime") or not prior.get("injected_activity_bq"):
+        write_study_outputs(storage_root / "results" / uid, results, quant)
+        doc = results[0][1]
+    if not doc.get("reference_datetime") or not doc.get("injection_datetime") or not doc.get("injected_activity_bq"):
         return None
-    prior_ct = _series_files(conn, storage_root, prior["ct_series_instance_uid"]) \
-        if prior.get("ct_series_instance_uid") else []
-    prior_pet = _series_files(conn, storage_root, prior["pet_series_instance_uid"])
-    pet = coarse(suv_volume_of(prior_pet, settings.suv)) if prior_pet and (need_pet or not prior_ct) else None
-    return ScanView(prior, pydicom.dcmread(prior_pet[0], stop_before_pixels=True) if prior_pet else pydicom.Dataset(),
-                    ct_on_coarse_grid(prior_ct) if prior_ct else None, pet)
+    return doc if _in_window(datetime.fromisoformat(doc["reference_datetime"]), reference, window_s) else None
+
+
+def _scan_view(storage_root: Path, conn: sqlite3.Connection, doc: dict[str, Any], quant: QuantSettings,
+               need_pet: bool) -> ScanView:
+    """What registration needs of an earlier scan: CT on a coarse grid, or its SUV without CT."""
+    ct = _series_files(conn, storage_root, doc["ct_series_instance_uid"]) if doc.get("ct_series_instance_uid") else []
+    pet = _series_files(conn, storage_root, doc["pet_series_instance_uid"])
+    return ScanView(doc, pydicom.dcmread(pet[0], stop_before_pixels=True) if pet else pydicom.Dataset(),
+                    ct_on_coarse_grid(ct) if ct else None,
+                    coarse(suv_volume_of(pet, quant.suv)) if pet and (need_pet or not ct) else None)
 
 
 def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[str, Any],
@@ -168,48 +193,31 @@ def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[
     window_s = settings.prior_window_days * 86400
     current_ct = series[doc["ct_series_instance_uid"]].paths if doc.get("ct_series_instance_uid") in series else []
     if settings.query is not None and not was_retrieved(storage_root, study_uid):
-        conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
-        try:
+        with _index(storage_root) as conn:
             patient, known = _earlier_studies(conn, study_uid)
-        finally:
-            conn.close()
         if patient is not None:
             retrieved = retrieve_priors(settings.query, patient[0], patient[1], study_uid, reference,
                                         settings.prior_window_days, set(known), storage_root)
             if retrieved:
                 log.info("study %s: %d prior study(ies) retrieved from the PACS", study_uid, len(retrieved))
-    conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
-    try:
+    with _index(storage_root) as conn:
         _, others = _earlier_studies(conn, study_uid)
-        priors = []
-        for uid in others:
-            if not is_valid_uid(uid):
-                continue
-            view = _load_prior(storage_root, conn, uid, quant, need_pet=not current_ct)
-            if view is None or not view.doc.get("reference_datetime"):
-                continue
-            when = datetime.fromisoformat(view.doc["reference_datetime"])
-            if when < reference and (reference - when).total_seconds() <= window_s:
-                priors.append(view)
-    finally:
-        conn.close()
-    if not priors:
-        return None
-    current = ScanView(doc, result.pet_headers[0], ct_on_coarse_grid(current_ct) if current_ct else None,
-                       coarse(result.suv_volume) if not current_ct or any(p.ct is None for p in priors) else None)
-    log.info("study %s: relating to %d earlier scan(s): %s", study_uid, len(priors),
-             ", ".join(p.doc["study_instance_uid"] for p in priors))
-    sections, pairing, compared = relate_scans(result.suv_volume, current, priors, settings)
-    doc.update(sections)
-    inherit_tracking(doc, pairing)
-    if compared is None:
-        return None
-    conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
-    try:
+        docs = [d for d in (_prior_doc(storage_root, conn, uid, quant, reference, window_s)
+                            for uid in others if is_valid_uid(uid)) if d is not None]
+        priors = [_scan_view(storage_root, conn, d, quant, need_pet=not current_ct) for d in docs]
+        if not priors:
+            return None
+        current = ScanView(doc, result.pet_headers[0], ct_on_coarse_grid(current_ct) if current_ct else None,
+                           coarse(result.suv_volume) if not current_ct or any(p.ct is None for p in priors) else None)
+        log.info("study %s: relating to %d earlier scan(s): %s", study_uid, len(priors),
+                 ", ".join(p.doc["study_instance_uid"] for p in priors))
+        sections, pairing, compared = relate_scans(result.suv_volume, current, priors, settings)
+        doc.update(sections)
+        inherit_tracking(doc, pairing)
+        if compared is None:
+            return None
         pet = _series_files(conn, storage_root, compared.doc["pet_series_instance_uid"])
-    finally:
-        conn.close()
-    return PriorView(compared.doc, suv_volume_of(pet)) if pet else None
+    return PriorView(compared.doc, suv_volume_of(pet, quant.suv)) if pet else None
 
 
 def run_job(kind: str, storage_root: str, study_uid: str, payload: dict[str, Any],

@@ -202,7 +202,7 @@ def test_prior_fetched_from_orthanc(peers, tmp_path: Path, retrieve: str) -> Non
     n = make_node()
     orthanc = make_orthanc(modalities={"node": [n.ae_title, "127.0.0.1", n.port]})
     query = {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port, "retrieve": retrieve,
-             "timeout_s": 60}
+             "timeout_s": 120}
     config = yaml.safe_load(n.config_path.read_text())
     config["comparison"] = {"priors": {"query": query}}
     n.config_path.write_text(yaml.safe_dump(config))
@@ -214,6 +214,7 @@ def test_prior_fetched_from_orthanc(peers, tmp_path: Path, retrieve: str) -> Non
     uid1, uid2 = one.truth["study_instance_uid"], two.truth["study_instance_uid"]
     wait_for(lambda: (n.root / "results" / uid2 / "results.json").is_file(), 180, "the second scan's results")
     doc = json.loads((n.root / "results" / uid2 / "results.json").read_text())
+    assert "prior_study_instance_uid" in doc.get("comparison", {}), (doc.get("comparison"), n.log()[-3000:])
     assert doc["comparison"]["prior_study_instance_uid"] == uid1
     assert n.instance_count(uid1) == len(one.files)  # PET and CT of the prior, all of it
     assert any(r["category"].startswith("lost") for r in doc["comparison"]["lesions"])
