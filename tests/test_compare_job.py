@@ -169,6 +169,12 @@ def test_24h_and_96h_dosimetry_reproduces_the_analytic_dose(peers, tmp_path: Pat
              if "Predicted 131I absorbed dose per administered activity" in g["values"]]
     assert sorted(round(d, 3) for d in doses) == sorted(round(r["gy_per_gbq"], 3) for r in doc["dosimetry"]["lesions"]
                                                         if "gy_per_gbq" in r)
+    # ... and on a Secondary Capture page after the summary, valid DICOM.
+    out = n.root / "results" / scans[-1].truth["study_instance_uid"]
+    pages = sorted(out.glob("sc-*.dcm"))
+    assert len(pages) == 2 and not [e for p in pages for e in dciodvfy_errors(p)]
+    table = pydicom.dcmread(pages[-1]).pixel_array[140:400]
+    assert (table < 128).any()  # rows of the dose table are drawn
 
 
 def test_three_time_points_fit_uptake_and_washout(peers, tmp_path: Path) -> None:

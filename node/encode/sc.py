@@ -7,6 +7,7 @@ different studies compare at a glance; patient's right on the viewer's left (ant
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,6 +193,56 @@ def _time_label(point: dict[str, Any]) -> str:
         (f"  TSH {tsh:g}" if tsh is not None else "  TSH unknown")
 
 
+def _fmt(v: object, digits: int) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, int | float) else "-"
+
+
+DOSE_COLUMNS = [("#", 24, True), ("site", 36, False), ("model", 236, False), ("g", 400, True),
+                ("Teff h", 470, True), ("Gy/GBq", 550, True)]
+
+
+def render_dosimetry_page(doc: dict[str, Any]) -> np.ndarray:
+    """Predicted 131I lesion doses from serial scans of one administration, as a table."""
+    title, text, small = _font(24), _font(15), _font(13)
+    dosimetry = doc["dosimetry"]
+    thresholds = dosimetry["thresholds_gy"]
+    rows = [r for r in dosimetry["lesions"] if "gy_per_gbq" in r]
+    activities = list(rows[0]["predicted_dose_gy"]) if rows else []
+    page = Image.new("RGB", (PAGE_WIDTH, PAGE_HEIGHT), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((16, 12), "124I PET/CT - predicted 131I lesion doses (iodine-node)", fill="black", font=title)
+    draw.text((16, 46), f"Patient ID {doc.get('patient_id', '')}   Acc {doc.get('accession_number', '')}   "
+                        "time points: " + ", ".join(_time_label(p) for p in dosimetry["time_points"]),
+              fill="black", font=text)
+    draw.text((16, 70), f"treat if >= {thresholds['treat']:g} Gy, nodal response >= {thresholds['nodal_response']:g}"
+                        f" Gy (at {thresholds['at_activity_gbq']:g} GBq); * mass uncertain (lesion < 2 x FWHM)",
+              fill="black", font=text)
+    columns = DOSE_COLUMNS + [(f"Gy @{a.removesuffix('_gbq')} GBq", 660 + 110 * n, True)
+                              for n, a in enumerate(activities)] + [("treat", 690 + 110 * len(activities), False)]
+    y = 110
+    for name, x, right in columns:
+        _cell(draw, text, 16 + x, y, right, name, "black")
+    draw.line((16, y + 22, PAGE_WIDTH - 12, y + 22), fill="black", width=1)
+    y += ROW_HEIGHT + 4
+    if not rows:
+        draw.text((16, y), "No lesion was matched at two time points.", fill="black", font=text)
+    for row in rows:
+        if y > PAGE_HEIGHT - 50:
+            draw.text((16, y), "... more lesions in the SR and results.json", fill="black", font=small)
+            break
+        colour = "black" if row["mass_reliable"] else (110, 110, 110)
+        values = [f"{row['current_id']}{'' if row['mass_reliable'] else '*'}", str(row["site"])[:26],
+                  row["model"], _fmt(row["mass_g"], 2), _fmt(row["effective_half_life_131_h"], 0),
+                  _fmt(row["gy_per_gbq"], 1), *[_fmt(row["predicted_dose_gy"][a], 0) for a in activities],
+                  "yes" if row["reaches_treat_threshold"] else "no"]
+        for (_, x, right), value in zip(columns, values, strict=True):
+            _cell(draw, text, 16 + x, y, right, value, colour)
+        y += ROW_HEIGHT
+    for n, line in enumerate(reversed(textwrap.wrap("Dose model: " + dosimetry["method"], 150))):
+        draw.text((16, PAGE_HEIGHT - 22 - 18 * n), line, fill="black", font=small)
+    return np.asarray(page)
+
+
 def render_comparison_page(result: SeriesResult, doc: dict[str, Any], prior: PriorView) -> np.ndarray:
     """Scan 1 | scan 2 anterior MIPs with matched lesion numbers (the current scan's numbers; a lesion
     gone since keeps its prior number in brackets), and the table of changes."""
@@ -242,14 +293,11 @@ def render_comparison_page(result: SeriesResult, doc: dict[str, Any], prior: Pri
         if y > PAGE_HEIGHT - 50:
             break
 
-        def fmt(v: object, digits: int) -> str:
-            return f"{v:.{digits}f}" if isinstance(v, int | float) else "-"
-
         change = row.get("relative_change_suv_max")
         values = [str(row["current_id"] or "-"), str(row["prior_id"] or "-"), str(row.get("site") or "")[:24],
-                  fmt(row["suv_max"][0], 1), fmt(row["suv_max"][1], 1),
+                  _fmt(row["suv_max"][0], 1), _fmt(row["suv_max"][1], 1),
                   f"{100 * change:+.0f} %" if change is not None else "-",
-                  fmt(row["percent_injected_activity"][0], 3), fmt(row["percent_injected_activity"][1], 3),
+                  _fmt(row["percent_injected_activity"][0], 3), _fmt(row["percent_injected_activity"][1], 3),
                   row["category"]]
         for (name, x, right), value in zip(CHANGE_COLUMNS, values, strict=True):
             fill = CATEGORY_COLOURS[row["category"]] if name in ("now", "category") else "black"
@@ -270,6 +318,8 @@ def build_sc(result: SeriesResult, doc: dict, identity: ResultIdentity, charset:
     pages = render_pages(result, doc)
     if prior is not None and isinstance(doc.get("comparison"), dict) and "lesions" in doc["comparison"]:
         pages.append(render_comparison_page(result, doc, prior))
+    if isinstance(doc.get("dosimetry"), dict):
+        pages.append(render_dosimetry_page(doc))
     for n, page in enumerate(pages, start=1):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=result.pet_headers[0], pixel_array=page, photometric_interpretation="RGB",
