@@ -71,6 +71,12 @@ def test_matching_with_gate_and_categories() -> None:
     matches = match_lesions(first, second, gate_mm=10)
     pairs = {(m.first, m.second) for m in matches}
     assert pairs == {(0, 0), (2, 1), (1, None), (None, 2)}
+    # A large lesion whose centroid moved 25 mm (it grew to one side) still overlaps itself: matched;
+    # two small ones as far apart do not overlap: not matched.
+    big = match_lesions(np.array([[0.0, 0, 0]]), np.array([[25.0, 0, 0]]), 15, np.array([17.0]), np.array([22.0]))
+    assert [(m.first, m.second) for m in big] == [(0, 0)]
+    small = match_lesions(np.array([[0.0, 0, 0]]), np.array([[25.0, 0, 0]]), 15, np.array([5.0]), np.array([5.0]))
+    assert {(m.first, m.second) for m in small} == {(0, None), (None, 0)}
     th = ChangeThresholds()
     assert classify_change(10.0, 15.0, True, True, th) == GAINED
     assert classify_change(10.0, 10.5, True, True, th) == STABLE

@@ -27,24 +27,36 @@ class Match:
     distance_mm: float | None
 
 
-def match_lesions(first_mapped_mm: np.ndarray, second_mm: np.ndarray, gate_mm: float) -> list[Match]:
-    """Hungarian assignment on centroid distance (scan-1 centroids already mapped into scan 2),
-    pairs farther apart than the gate are not matches; the rest are disappeared / new."""
+def match_lesions(first_mapped_mm: np.ndarray, second_mm: np.ndarray, gate_mm: float,
+                  first_radius_mm: np.ndarray | None = None, second_radius_mm: np.ndarray | None = None) -> list[Match]:
+    """Hungarian assignment on centroid distance (scan-1 centroids already mapped into scan 2).
+
+    A pair is a candidate when its centroids lie within the gate, or when the lesions overlap (the
+    distance is shorter than the sum of their equivalent-sphere radii): a large lesion whose centroid
+    moves with a change of shape is still the same lesion. Non-candidates stay unmatched: disappeared
+    / new."""
     n1, n2 = len(first_mapped_mm), len(second_mm)
     matches: list[Match] = []
     used1: set[int] = set()
     used2: set[int] = set()
     if n1 and n2:
         cost = np.linalg.norm(np.asarray(first_mapped_mm)[:, None, :] - np.asarray(second_mm)[None, :, :], axis=2)
-        rows, cols = linear_sum_assignment(np.where(cost <= gate_mm, cost, 1e6))
+        allowed = cost <= gate_mm
+        if first_radius_mm is not None and second_radius_mm is not None:
+            allowed |= cost < np.asarray(first_radius_mm)[:, None] + np.asarray(second_radius_mm)[None, :]
+        rows, cols = linear_sum_assignment(np.where(allowed, cost, 1e6))
         for r, c in zip(rows, cols, strict=True):
-            if cost[r, c] <= gate_mm:
+            if allowed[r, c]:
                 matches.append(Match(int(r), int(c), float(cost[r, c])))
                 used1.add(int(r))
                 used2.add(int(c))
     matches += [Match(i, None, None) for i in range(n1) if i not in used1]
     matches += [Match(None, j, None) for j in range(n2) if j not in used2]
     return matches
+
+
+def equivalent_radius_mm(volume_ml: float) -> float:
+    return float((3.0 * volume_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0))
 
 
 def classify_change(suv1: float | None, suv2: float | None, avid1: bool, avid2: bool,

@@ -16,7 +16,16 @@ from pydicom.dataset import Dataset
 
 from node.compare.context import Administration, TshSource, same_administration
 from node.compare.dosimetry import lesion_dose
-from node.compare.matching import LOST, NEW, ChangeThresholds, Match, classify_change, match_lesions, patient_summary
+from node.compare.matching import (
+    LOST,
+    NEW,
+    ChangeThresholds,
+    Match,
+    classify_change,
+    equivalent_radius_mm,
+    match_lesions,
+    patient_summary,
+)
 from node.compare.priors import PriorQuery
 from node.compare.register import register_rigid
 from node.quant.volume import Volume, assemble, resample_like
@@ -105,7 +114,9 @@ def pair_scans(prior: ScanView, current: ScanView, gate_mm: float, affine: bool 
                                   "Mattes mutual information",
                         "metric": reg.metric, "iterations": reg.iterations}
     p2 = np.array([les["centroid_mm"] for les in current_lesions], float).reshape(-1, 3)
-    return Pairing(registration, prior_lesions, current_lesions, mapped, match_lesions(mapped, p2, gate_mm))
+    r1 = np.array([equivalent_radius_mm(les["volume_ml"]) for les in prior_lesions])
+    r2 = np.array([equivalent_radius_mm(les["volume_ml"]) for les in current_lesions])
+    return Pairing(registration, prior_lesions, current_lesions, mapped, match_lesions(mapped, p2, gate_mm, r1, r2))
 
 
 def time_point(view: ScanView, tsh: TshSource) -> dict[str, Any]:
@@ -137,7 +148,7 @@ def compare_scans(current_suv: Volume, current: ScanView, prior: ScanView, pairi
         if a is not None and b is None:
             # Gone from the current scan: report what is at the mapped place (SUVmax within the
             # lesion's radius + 5 mm), so "lost" rests on a measurement.
-            radius = (3 * a["volume_ml"] * 1000 / (4 * np.pi)) ** (1 / 3) + 5.0
+            radius = equivalent_radius_mm(a["volume_ml"]) + 5.0
             residual = _sphere_max(current_suv, pairing.mapped_mm[m.first], radius)
         suv1, suv2 = (a["suv_max"] if a else None), (b["suv_max"] if b else None)
         category = classify_change(suv1, suv2, bool(a and a["iodine_avid"]), bool(b and b["iodine_avid"]), thresholds)
