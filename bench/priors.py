@@ -1,0 +1,102 @@
+"""Fetching a prior study from the PACS: the node's C-FIND + C-MOVE (into its listener) and C-GET
+(through its ingest) against dcmtk's movescu -> storescp and getscu, same Orthanc, same study.
+
+Prints seconds for each and the ratio node / dcmtk. Usage: python -m bench.priors [--size wholebody]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import phantom  # noqa: E402
+from node.compare.priors import PriorQuery, _get, _move, find_prior_studies  # noqa: E402
+from tests.peers import PEER_ENV, NodeProcess, Orthanc, free_port, wait_for  # noqa: E402
+
+
+def run(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=PEER_ENV, check=True, capture_output=True, text=True)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default="wholebody", choices=("small", "wholebody"))
+    args = parser.parse_args()
+    study = phantom(args.size)
+    uid = study.truth["study_instance_uid"]
+    n_files = len(study.files)
+    with tempfile.TemporaryDirectory(prefix="bench-priors-") as tmp:
+        work = Path(tmp)
+        # The node only stores here: a long stable window keeps its own job out of the timing.
+        node = NodeProcess(work / "node", {"ingest": {"stable_after_s": 3600, "force_after_s": 7200}})
+        ref_port = free_port()
+        orthanc = Orthanc(work / "orthanc", modalities={"node": [node.ae_title, "127.0.0.1", node.port],
+                                                        "bench": ["BENCH", "127.0.0.1", 1],
+                                                        "ref": ["REF", "127.0.0.1", ref_port]})
+        orthanc.start()
+        node.start()
+        storescp = None
+        try:
+            run(["storescu", "-aet", "BENCH", "-aec", orthanc.aet, "+sd", "+r", "127.0.0.1",
+                 str(orthanc.dicom_port), str(study.out_dir / "PT"), str(study.out_dir / "CT")])
+            query = PriorQuery(orthanc.aet, "127.0.0.1", orthanc.dicom_port, node.ae_title, "move", node.ae_title,
+                               300.0)
+            reference = datetime.strptime(study.truth["scan_start_datetime"][:8], "%Y%m%d") + timedelta(days=30)
+            t0 = time.perf_counter()
+            priors = find_prior_studies(query, study.truth["patient"]["id"], "", reference, 90, set())
+            find_s = time.perf_counter() - t0
+            assert [p.study_uid for p in priors] == [uid], priors
+            t0 = time.perf_counter()
+            _move(query, priors[0])
+            move_s = time.perf_counter() - t0
+            assert node.instance_count(uid) == n_files, node.instance_count(uid)
+
+            get_root = work / "get-store"
+            t0 = time.perf_counter()
+            _get(PriorQuery(orthanc.aet, "127.0.0.1", orthanc.dicom_port, "BENCH", "get", "", 300.0), priors[0],
+                 get_root)
+            get_s = time.perf_counter() - t0
+            got = len(list((get_root / "studies").rglob("*.dcm")))
+            assert got == n_files, got
+
+            out = work / "storescp"
+            out.mkdir()
+            storescp = subprocess.Popen(["storescp", "-aet", "REF", "-od", str(out), str(ref_port)], env=PEER_ENV,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            ref_move_s = run(["movescu", "-S", "-aet", "BENCH", "-aec", orthanc.aet, "-aem", "REF",
+                              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}", "127.0.0.1",
+                              str(orthanc.dicom_port)])
+            wait_for(lambda: len(list(out.iterdir())) == n_files, 60, "storescp to hold the study")
+            ref_get_dir = work / "getscu"
+            ref_get_dir.mkdir()
+            ref_get_s = run(["getscu", "-S", "-aet", "BENCH", "-aec", orthanc.aet, "-od", str(ref_get_dir),
+                             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}", "127.0.0.1",
+                             str(orthanc.dicom_port)])
+        finally:
+            if storescp is not None:
+                storescp.terminate()
+            node.stop()
+            orthanc.stop()
+    mb = sum(p.stat().st_size for p in study.files) / 1e6
+    print(f"{args.size} study: {n_files} instances, {mb:.0f} MB, from Orthanc")
+    print(f"  C-FIND study + series   node {find_s:6.2f} s")
+    print(f"  C-MOVE into the node    node {move_s:6.2f} s   movescu -> storescp {ref_move_s:6.2f} s   "
+          f"ratio {move_s / ref_move_s:.2f}")
+    print(f"  C-GET through ingest    node {get_s:6.2f} s   getscu              {ref_get_s:6.2f} s   "
+          f"ratio {get_s / ref_get_s:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
