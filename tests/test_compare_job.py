@@ -123,6 +123,15 @@ def test_tsh_pair_compared_with_tracking_sr_and_side_by_side_page(peers, tmp_pat
     errors = [e for p in [out2 / "seg.dcm", out2 / "sr.dcm", *pages] for e in dciodvfy_errors(p)]
     assert errors == []
 
+    # A lab value arriving after the job: `jobs retry` reprocesses and the sidecar now wins.
+    (sidecars / "late.json").write_text(json.dumps({two.truth["accession_number"]: 131}))
+    job = next(j for j in n.jobs() if j["study_uid"] == two.truth["study_instance_uid"])
+    assert n.cli("jobs", "retry", str(job["id"])).returncode == 0
+    wait_for(lambda: n.db("SELECT state, attempts FROM jobs WHERE id=?", (job["id"],))[0]["attempts"] == 2
+             and n.db("SELECT state FROM jobs WHERE id=?", (job["id"],))[0]["state"] == "done", 120, "the rerun")
+    again = json.loads((out2 / "results.json").read_text())["comparison"]["time_points"][1]
+    assert (again["tsh_uiu_per_ml"], again["tsh_source"]) == (131.0, "sidecar late.json")
+
 
 def _dose_rows(doc: dict, truths: list[dict], times: list[float]) -> list[tuple[dict, dict, float, float]]:
     """(dosimetry row, truth region, reference-method dose, full-kinetics dose) per dosed lesion."""
