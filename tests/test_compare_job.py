@@ -80,6 +80,9 @@ def test_tsh_pair_compared_with_tracking_sr_and_side_by_side_page(peers, tmp_pat
     assert len(lost) == 1 and len(lost_truth) == 1
     assert np.linalg.norm(np.subtract(lost[0]["prior_centroid_mapped_mm"], lost_truth[0]["center_mm"])) < 5
     assert comparison["refractory_candidates"] == [lost[0]["prior_id"]]
+    # One lesion lost its uptake at the higher TSH: some, not all, lesions are avid there.
+    assert comparison["summary"]["higher_tsh_scan"] == "current"
+    assert comparison["summary"]["avid_at_higher_tsh"] == "some"
     checked = 0
     for r in rows:  # every matched lesion's category agrees with how the generator changed it
         if r["current_id"] is None or r["prior_id"] is None:

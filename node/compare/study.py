@@ -18,7 +18,6 @@ from node.compare.context import Administration, TshSource, same_administration
 from node.compare.dosimetry import lesion_dose
 from node.compare.matching import (
     LOST,
-    NEW,
     ChangeThresholds,
     Match,
     classify_change,
@@ -178,9 +177,13 @@ def compare_scans(current_suv: Volume, current: ScanView, prior: ScanView, pairi
         row["residual_suv_max_at_prior_site"] = residual
         rows.append(row)
     rows.sort(key=lambda r: (r["current_id"] is None, r["current_id"] or 0, r["prior_id"] or 0))
-    avid_at_higher = [bool(r["iodine_avid"][1]) for r in rows if r["category"] != NEW] + \
-        [True for r in rows if r["category"] == NEW]
     points = [time_point(prior, settings.tsh), time_point(current, settings.tsh)]
+    # The question is avidity at the higher TSH: the scan whose TSH is higher, or the current one
+    # (usually the second, stimulated scan) when a TSH is unknown; the summary names which.
+    tsh1, tsh2 = points[0]["tsh_uiu_per_ml"], points[1]["tsh_uiu_per_ml"]
+    higher = 0 if tsh1 is not None and tsh2 is not None and tsh1 > tsh2 else 1
+    avid_at_higher = [bool(r["iodine_avid"][higher]) for r in rows if r["suv_max"][higher] is not None
+                      or r["category"] == LOST]
     return {
         "prior_study_instance_uid": prior.doc["study_instance_uid"],
         "kind": "separate administrations",
@@ -190,7 +193,9 @@ def compare_scans(current_suv: Volume, current: ScanView, prior: ScanView, pairi
         "thresholds": {"gained": thresholds.gained, "reduced": thresholds.reduced,
                        "match_gate_mm": thresholds.match_gate_mm},
         "lesions": rows,
-        "summary": patient_summary([r["category"] for r in rows], avid_at_higher),
+        "summary": {**patient_summary([r["category"] for r in rows], avid_at_higher),
+                    "higher_tsh_scan": ("current" if higher else "prior") if tsh1 is not None and tsh2 is not None
+                    else "unknown (TSH missing): the current scan is used"},
         "refractory_candidates": [r["prior_id"] for r in rows if r["category"] == LOST],
     }
 

@@ -255,7 +255,8 @@ def render_comparison_page(result: SeriesResult, doc: dict[str, Any], prior: Pri
     counts = comparison["summary"]["categories"]
     draw.text((16, 46), f"Patient ID {doc.get('patient_id', '')}   Acc {doc.get('accession_number', '')}   "
                         + "   ".join(f"{k}: {v}" for k, v in counts.items()), fill="black", font=text)
-    draw.text((16, 70), f"Lesions avid at the later scan: {comparison['summary']['avid_at_higher_tsh']}   "
+    draw.text((16, 70), f"Lesions avid at the higher TSH ({comparison['summary']['higher_tsh_scan'][:7]} scan): "
+                        f"{comparison['summary']['avid_at_higher_tsh']}   "
                         f"refractory candidates: {len(comparison['refractory_candidates'])}", fill="black", font=text)
     points = comparison["time_points"]
     for n, (vol, box, point) in enumerate(((prior.suv, SIDE_BOXES[0], points[0]),
