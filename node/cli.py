@@ -203,7 +203,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from node.demo import run_demo
 
     setup_logging("warning")
-    return run_demo(args.workdir)
+    return run_demo(args.workdir, pair=args.pair)
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run a node, push a synthetic study to it, show the results (no PACS needed)")
     p.add_argument("--workdir", type=Path, default=None, help="where to keep everything (default: a temp folder)")
+    p.add_argument("--pair", action="store_true",
+                   help="then a second scan of the same patient at a higher TSH: the lesion-by-lesion comparison")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("phantom", help="generate a synthetic 124I PET/CT study with ground truth (truth.json)")

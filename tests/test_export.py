@@ -169,3 +169,14 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "metastasis" in out.stdout and "sr.dcm" in out.stdout and "job 1 done" in out.stdout
     assert json.loads(next((tmp_path / "demo").rglob("results.json")).read_text())["lesions"]
+
+
+def test_demo_pair_shows_the_comparison(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "node", "demo", "--pair", "--workdir", str(tmp_path / "demo")],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "job 2 done" in out.stdout and "compared with the scan of" in out.stdout
+    assert "lost (refractory candidate)" in out.stdout and "sc-2.dcm" in out.stdout
