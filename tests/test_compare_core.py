@@ -208,3 +208,40 @@ def test_matching_over_ten_noisy_seeds() -> None:
     matches, correct, cats, cats_ok = (int(v) for v in totals)
     assert matches >= 60 and correct / matches >= 0.95, (correct, matches)
     assert cats >= 50 and cats_ok / cats >= 0.95, (cats_ok, cats)
+
+
+def test_lesion_in_one_scan_physiological_in_the_other_is_relabelled_not_lost() -> None:
+    """A focus called a metastasis at scan 1 and kidney at scan 2 (e.g. cut by the field of view's
+    edge once) is a labelling difference to review, not a refractory candidate; a truly vanished
+    lesion stays lost, and a lesion at a prior physiological focus is not 'new'."""
+    from node.compare.matching import RELABELLED
+    from node.compare.study import ScanView, compare_scans, pair_scans
+    from node.quant.volume import Volume
+
+    def lesion(n, label, centre, volume, suv, avid=True):
+        return {"id": n, "label": label, "site": "abdomen / pelvis", "centroid_mm": centre, "volume_ml": volume,
+                "suv_max": suv, "suv_peak": suv, "percent_injected_activity": 0.01, "lesion_to_background": 8.0,
+                "iodine_avid": avid, "tracking_uid": f"2.25.{n}"}
+
+    def view(lesions, day):
+        doc = {"study_instance_uid": f"2.25.9{day}", "accession_number": f"A{day}",
+               "reference_datetime": f"2026-03-{day:02d}T10:00:00",
+               "injection_datetime": f"2026-03-{day - 1:02d}T10:00:00",
+               "uptake_time_h": 24.0, "lesions": lesions}
+        return ScanView(doc, pydicom.Dataset())
+
+    prior = view([lesion(1, "metastasis", [80.0, 50, -560], 28.0, 1.7),
+                  lesion(2, "metastasis", [0.0, 0, -300], 4.0, 9.0),
+                  lesion(3, "physiological:stomach", [60.0, -30, -500], 300.0, 9.0, avid=False)], 3)
+    current = view([lesion(1, "physiological:kidney", [86.0, 28, -556], 22.0, 1.8, avid=False),
+                    lesion(2, "metastasis", [58.0, -26, -505], 5.0, 6.0)], 17)
+    suv = Volume(np.zeros((4, 4, 4), np.float32), (-300.0, -300.0, -700.0), (150.0, 150.0, 150.0),
+                 tuple(np.eye(3).ravel()))
+    pairing = pair_scans(prior, current, 15.0)
+    section = compare_scans(suv, current, prior, pairing)
+    by_prior = {r["prior_id"]: r for r in section["lesions"] if r["prior_id"] is not None}
+    assert by_prior[1]["category"] == RELABELLED and by_prior[1]["label_in_other_scan"] == "physiological:kidney"
+    assert by_prior[2]["category"] == LOST and section["refractory_candidates"] == [2]
+    new = next(r for r in section["lesions"] if r["prior_id"] is None)
+    assert new["category"] == RELABELLED and new["label_in_other_scan"] == "physiological:stomach"
+    assert section["summary"]["categories"][RELABELLED] == 2

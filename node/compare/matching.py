@@ -9,6 +9,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 GAINED, STABLE, REDUCED, LOST, NEW = "gained uptake", "stable", "reduced uptake", "lost (refractory candidate)", "new"
+RELABELLED = "relabelled (physiological in the other scan)"
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def classify_change(suv1: float | None, suv2: float | None, avid1: bool, avid2: 
 
 
 def patient_summary(categories: Sequence[str], avid_at_higher_tsh: Sequence[bool]) -> dict[str, object]:
-    counts = {c: 0 for c in (GAINED, STABLE, REDUCED, LOST, NEW)}
+    counts = {c: 0 for c in (GAINED, STABLE, REDUCED, LOST, NEW, RELABELLED)}
     for c in categories:
         counts[c] += 1
     n_avid = sum(avid_at_higher_tsh)

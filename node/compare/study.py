@@ -18,6 +18,7 @@ from node.compare.context import Administration, TshSource, same_administration
 from node.compare.dosimetry import lesion_dose
 from node.compare.matching import (
     LOST,
+    RELABELLED,
     ChangeThresholds,
     Match,
     classify_change,
@@ -74,6 +75,7 @@ class Pairing:
     current_lesions: list[dict[str, Any]]
     mapped_mm: np.ndarray  # prior centroids in the current scan's coordinates
     matches: list[Match]
+    untracked_prior: list[tuple[dict[str, Any], np.ndarray]] = field(default_factory=list)  # (lesion, mapped)
 
     def current_to_prior(self) -> dict[int, dict[str, Any]]:
         """{current lesion id: matched prior lesion}."""
@@ -98,7 +100,8 @@ def tracked(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def pair_scans(prior: ScanView, current: ScanView, gate_mm: float, affine: bool = False) -> Pairing:
     prior_lesions, current_lesions = tracked(prior.doc), tracked(current.doc)
-    p1 = np.array([les["centroid_mm"] for les in prior_lesions], float).reshape(-1, 3)
+    others = [les for les in prior.doc["lesions"] if les["label"] not in TRACKED_LABELS]
+    p1 = np.array([les["centroid_mm"] for les in prior_lesions + others], float).reshape(-1, 3)
     mapped = p1
     registration: dict[str, Any] = {"method": "none (no CT in one scan): scanner coordinates"}
     if prior.ct is not None and current.ct is not None and len(p1):
@@ -112,10 +115,24 @@ def pair_scans(prior: ScanView, current: ScanView, gate_mm: float, affine: bool 
         registration = {"method": f"{'rigid then affine' if affine else 'rigid'} PET-PET (no CT in one scan), "
                                   "Mattes mutual information",
                         "metric": reg.metric, "iterations": reg.iterations}
+    mapped, mapped_others = mapped[:len(prior_lesions)], mapped[len(prior_lesions):]
     p2 = np.array([les["centroid_mm"] for les in current_lesions], float).reshape(-1, 3)
     r1 = np.array([equivalent_radius_mm(les["volume_ml"]) for les in prior_lesions])
     r2 = np.array([equivalent_radius_mm(les["volume_ml"]) for les in current_lesions])
-    return Pairing(registration, prior_lesions, current_lesions, mapped, match_lesions(mapped, p2, gate_mm, r1, r2))
+    return Pairing(registration, prior_lesions, current_lesions, mapped, match_lesions(mapped, p2, gate_mm, r1, r2),
+                   list(zip(others, mapped_others, strict=True)))
+
+
+def _same_place(centre_mm: Any, volume_ml: float, candidates: list[tuple[dict[str, Any], Any]],
+                gate_mm: float) -> dict[str, Any] | None:
+    """The nearest candidate focus within the gate or overlapping (equivalent spheres), or None."""
+    best, best_d = None, float("inf")
+    for les, where in candidates:
+        d = float(np.linalg.norm(np.subtract(where, centre_mm)))
+        if (d <= gate_mm or d < equivalent_radius_mm(volume_ml) + equivalent_radius_mm(les["volume_ml"])) \
+                and d < best_d:
+            best, best_d = les, d
+    return best
 
 
 def time_point(view: ScanView, tsh: TshSource) -> dict[str, Any]:
@@ -151,6 +168,18 @@ def compare_scans(current_suv: Volume, current: ScanView, prior: ScanView, pairi
             residual = _sphere_max(current_suv, pairing.mapped_mm[m.first], radius)
         suv1, suv2 = (a["suv_max"] if a else None), (b["suv_max"] if b else None)
         category = classify_change(suv1, suv2, bool(a and a["iodine_avid"]), bool(b and b["iodine_avid"]), thresholds)
+        # A focus labelled a lesion in one scan and physiological uptake at the same place in the
+        # other is a labelling difference to review, not a change of iodine avidity.
+        relabelled = None
+        if b is None and a is not None:
+            relabelled = _same_place(pairing.mapped_mm[m.first], a["volume_ml"],
+                                     [(les, les["centroid_mm"]) for les in current.doc["lesions"]
+                                      if les["label"] not in TRACKED_LABELS], thresholds.match_gate_mm)
+        elif a is None and b is not None:
+            relabelled = _same_place(b["centroid_mm"], b["volume_ml"], pairing.untracked_prior,
+                                     thresholds.match_gate_mm)
+        if relabelled is not None:
+            category = RELABELLED
 
         def pair(key: str, a: dict | None = a, b: dict | None = b) -> list[Any]:
             return [a.get(key) if a else None, b.get(key) if b else None]
@@ -175,6 +204,8 @@ def compare_scans(current_suv: Volume, current: ScanView, prior: ScanView, pairi
             row[f"absolute_change_{key}"], row[f"relative_change_{key}"] = change(key)
         row["iodine_avid"] = pair("iodine_avid")
         row["residual_suv_max_at_prior_site"] = residual
+        if relabelled is not None:
+            row["label_in_other_scan"] = relabelled["label"]
         rows.append(row)
     rows.sort(key=lambda r: (r["current_id"] is None, r["current_id"] or 0, r["prior_id"] or 0))
     points = [time_point(prior, settings.tsh), time_point(current, settings.tsh)]

@@ -30,6 +30,8 @@ CHANGE_CATEGORIES: dict[str, Code] = {
     "reduced uptake": Code("REDUCED", PRIVATE_SCHEME, "Reduced uptake"),
     "lost (refractory candidate)": Code("LOST", PRIVATE_SCHEME, "Lost uptake (radioiodine-refractory candidate)"),
     "new": Code("NEW", PRIVATE_SCHEME, "New lesion"),
+    "relabelled (physiological in the other scan)": Code("RELABELLED", PRIVATE_SCHEME,
+                                                          "Physiological uptake in the other scan (review)"),
 }
 
 # 131I lesion dosimetry from serial 124I scans of one administration

@@ -171,7 +171,8 @@ def render_pages(result: SeriesResult, doc: dict) -> list[np.ndarray]:
 
 
 CATEGORY_COLOURS = {"gained uptake": (0, 140, 0), "stable": (60, 60, 60), "reduced uptake": (230, 140, 0),
-                    "lost (refractory candidate)": (220, 20, 20), "new": (40, 90, 200)}
+                    "lost (refractory candidate)": (220, 20, 20), "new": (40, 90, 200),
+                    "relabelled (physiological in the other scan)": (150, 60, 200)}
 SIDE_BOXES = ((16, 120, 500, 640), (524, 120, 1008, 640))
 CHANGE_COLUMNS = [("now", 30, True), ("prior", 80, True), ("site", 100, False), ("SUVmax", 350, True),
                   ("SUVmax", 440, True), ("change", 520, True), ("%IA", 600, True), ("%IA", 680, True),
@@ -299,7 +300,7 @@ def render_comparison_page(result: SeriesResult, doc: dict[str, Any], prior: Pri
                   _fmt(row["suv_max"][0], 1), _fmt(row["suv_max"][1], 1),
                   f"{100 * change:+.0f} %" if change is not None else "-",
                   _fmt(row["percent_injected_activity"][0], 3), _fmt(row["percent_injected_activity"][1], 3),
-                  row["category"]]
+                  row["category"].replace(" in the other scan", "")]
         for (name, x, right), value in zip(CHANGE_COLUMNS, values, strict=True):
             fill = CATEGORY_COLOURS[row["category"]] if name in ("now", "category") else "black"
             _cell(draw, text, x0 + x, y, right, value, fill)
