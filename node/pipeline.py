@@ -141,6 +141,13 @@ def _in_window(when: datetime, reference: datetime, window_s: float) -> bool:
     return when < reference and (reference - when).total_seconds() <= window_s
 
 
+def _study_day(study_date: str | None) -> datetime | None:
+    try:
+        return datetime.strptime(str(study_date or ""), "%Y%m%d")
+    except ValueError:
+        return None
+
+
 def _prior_doc(storage_root: Path, conn: sqlite3.Connection, uid: str, quant: QuantSettings, reference: datetime,
                window_s: float) -> dict[str, Any] | None:
     """An earlier scan's results within the window: stored ones, or (a study retrieved from the PACS
@@ -149,13 +156,12 @@ def _prior_doc(storage_root: Path, conn: sqlite3.Connection, uid: str, quant: Qu
     if path.is_file():
         doc = json.loads(path.read_text(encoding="utf-8"))
     else:
+        # Only quantify what can be in the window (StudyDate: a day's resolution). Without a
+        # readable StudyDate the exact reference time decides after quantification, below.
         row = conn.execute("SELECT study_date FROM studies WHERE study_uid=?", (uid,)).fetchone()
-        try:  # only quantify what can be in the window (StudyDate: a day's resolution)
-            day = datetime.strptime(str(row[0] or ""), "%Y%m%d")
-            if not _in_window(day, reference, window_s + 86400):
-                return None
-        except (TypeError, ValueError):
-            pass
+        day = _study_day(row[0] if row else None)
+        if day is not None and not _in_window(day, reference, window_s + 86400):
+            return None
         series = _study_series(conn, storage_root, uid)
         if not any(s.modality == "PT" for s in series.values()):
             return None
