@@ -12,7 +12,16 @@ import pytest
 from node.phantom import PhantomOptions, PhantomResult, generate_phantom
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"  # test fixtures kept in the repo: origin and licence in SOURCE.md
+
+
+def data_file(*parts: str) -> Path:
+    """A file under tests/data. Missing: a failure everywhere (it ships with the repo), never a skip."""
+    path = DATA.joinpath(*parts)
+    if not path.is_file():
+        pytest.fail(f"test fixture {path} is missing: it belongs to the repository (see tests/data/SOURCE.md)",
+                    pytrace=False)
+    return path
 
 
 def require_tool(name: str) -> str:

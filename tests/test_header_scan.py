@@ -14,8 +14,10 @@ from node.index import Index
 from node.ingest.header import scan_values
 from node.ingest.ingestor import HEADER_KEYWORDS, IngestError, Ingestor, _from_dataset, describe, read_header
 from node.ingest.spool import Spool
+from tests.conftest import data_file
 
-SHARED_SLICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-pet-slices"
+# Two real Siemens PET slices kept in the repo (origin, licence: tests/data/SOURCE.md).
+REAL_SLICES = ("1.dcm", "2.dcm")
 
 
 def via_pydicom(path: Path) -> dict:
@@ -29,7 +31,7 @@ def pet_file(phantom_factory) -> Path:
 
 def test_agrees_with_pydicom_on_phantom_and_real_scans(pet_file: Path, phantom_factory) -> None:
     files = [pet_file, *phantom_factory(seed=1, vendor="ge", noise=0.15).files[::40]]
-    files += sorted(SHARED_SLICES.glob("*.dcm"))
+    files += [data_file("real-pet-slices", name) for name in REAL_SLICES]
     for f in files:
         fast = scan_values(f, HEADER_KEYWORDS)
         assert fast is not None, f

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -14,8 +13,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from node.quant.suv import SuvError, SuvSettings, compute_suv
+from tests.conftest import data_file
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "data" / "suv-reference-headers"
+REF = "suv-reference-headers"  # under tests/data (origin, licence: tests/data/SOURCE.md)
 RP_KEYS = ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
            "RadiopharmaceuticalStartDateTime")
 I124 = 360806.4
@@ -41,13 +41,13 @@ def from_reference(item: dict) -> Dataset:
 
 
 def reference_cases() -> list[tuple[str, float]]:
-    with open(REF / "expected_suvbw_factors.csv") as fh:
+    with open(data_file(REF, "expected_suvbw_factors.csv")) as fh:
         return [(row["case"], float(row["suvbw_factor_g_per_bq"])) for row in csv.DictReader(fh)]
 
 
 @pytest.mark.parametrize(("case", "expected"), reference_cases())
 def test_reference_scans(case: str, expected: float) -> None:
-    items = json.loads((REF / f"{case}-instances.json").read_text())
+    items = json.loads(data_file(REF, f"{case}-instances.json").read_text())
     result = compute_suv([from_reference(i) for i in items])
     for factor in result.factors:
         assert factor == pytest.approx(expected, rel=1e-6), result.derivation
@@ -232,6 +232,6 @@ def test_gml_cm2ml_and_other_normalisations() -> None:
 
 def test_real_siemens_slices_parse() -> None:
     for name in ("1.dcm", "2.dcm"):
-        ds = pydicom.dcmread(REF.parent / "real-pet-slices" / name)
+        ds = pydicom.dcmread(data_file("real-pet-slices", name))
         result = compute_suv([ds])  # 18F with a time-only administration: QIBA date assumption
         assert result.factors[0] > 0 and any("assumed" in w for w in result.warnings)
