@@ -31,7 +31,7 @@ test: venv peers lint
 	$(BIN)/pytest -q
 
 run: venv
-	$(BIN)/iodine-node --config $(CONFIG) serve
+	$(BIN)/iodine-node serve --config $(CONFIG)
 
 clean:
 	rm -rf $(VENV) var build dist *.egg-info

@@ -202,7 +202,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from node.demo import run_demo
 
-    setup_logging("warning")
+    setup_logging(args.log_level or "warning", args.log_format or "text")
     return run_demo(args.workdir, pair=args.pair)
 
 
@@ -232,46 +232,59 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """--config, --log-level, --log-format: accepted before the subcommand and after it."""
+    parser.add_argument("--config", default=default, help="YAML configuration file (default: $IODINE_NODE_CONFIG)")
+    parser.add_argument("--log-level", default=default, choices=("debug", "info", "warning", "error"),
+                        help="default: logging.level of the configuration")
+    parser.add_argument("--log-format", default=default, choices=("text", "json"),
+                        help="default: logging.format of the configuration")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iodine-node", description=__doc__)
     parser.add_argument("--version", action="version", version=f"iodine-node {node.__version__}")
-    parser.add_argument("--config", help="YAML configuration file (default: $IODINE_NODE_CONFIG)")
+    _add_global_options(parser, None)
+    # The same options on every subcommand, so `iodine-node serve --config x.yaml` works as well as
+    # `iodine-node --config x.yaml serve`. SUPPRESS: a subcommand sets them only when they are given
+    # there, otherwise the value given before the subcommand (or None) stays.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("check-config", help="validate a configuration file and print the effective configuration")
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=summary)
+
+    p = command("check-config", "validate a configuration file and print the effective configuration")
     p.add_argument("config_file", nargs="?", help="the file (default: --config or $IODINE_NODE_CONFIG)")
     p.set_defaults(func=_cmd_check_config)
 
-    p = sub.add_parser("serve", help="run the node: DICOM listener, watch folder, completion, workers")
-    p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"),
-                   help="default: logging.level of the configuration")
-    p.add_argument("--log-format", default=None, choices=("text", "json"),
-                   help="default: logging.format of the configuration")
+    p = command("serve", "run the node: DICOM listener, watch folder, completion, workers")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("jobs", help="list jobs, or retry one: jobs retry ID")
+    p = command("jobs", "list jobs, or retry one: jobs retry ID")
     p.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
     p.add_argument("job_id", nargs="?", type=int)
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_cmd_jobs)
 
-    p = sub.add_parser("suv", help="write the SUVbw volume of one PET series (NIfTI) and explain the factor")
+    p = command("suv", "write the SUVbw volume of one PET series (NIfTI) and explain the factor")
     p.add_argument("series_dir", type=Path)
     p.add_argument("--output", type=Path, required=True, help="e.g. suv.nii.gz")
     p.set_defaults(func=_cmd_suv)
 
-    p = sub.add_parser("process", help="quantify every study under INPUT_DIR offline (results.json, lesions.csv)")
+    p = command("process", "quantify every study under INPUT_DIR offline (results.json, lesions.csv)")
     p.add_argument("input_dir", type=Path)
     p.add_argument("--output", type=Path, required=True)
     p.set_defaults(func=_cmd_process)
 
-    p = sub.add_parser("demo", help="run a node, push a synthetic study to it, show the results (no PACS needed)")
+    p = command("demo", "run a node, push a synthetic study to it, show the results (no PACS needed)")
     p.add_argument("--workdir", type=Path, default=None, help="where to keep everything (default: a temp folder)")
     p.add_argument("--pair", action="store_true",
                    help="then a second scan of the same patient at a higher TSH: the lesion-by-lesion comparison")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("phantom", help="generate a synthetic 124I PET/CT study with ground truth (truth.json)")
+    p = command("phantom", "generate a synthetic 124I PET/CT study with ground truth (truth.json)")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--size", choices=("small", "wholebody"), default="small")
@@ -290,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve" and (args.log_level or args.log_format):  # serve also reads the configuration
+        setup_logging(args.log_level or "warning", args.log_format or "text")
     return int(args.func(args))
 
 
