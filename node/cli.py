@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -203,7 +204,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from node.demo import run_demo
 
     setup_logging(args.log_level or "warning", args.log_format or "text")
-    return run_demo(args.workdir, pair=args.pair)
+    try:
+        return run_demo(args.workdir, pair=args.pair)
+    except KeyboardInterrupt:
+        print("iodine-node demo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a demo ends in one line, not a traceback (details at debug level)
+        logging.getLogger("node.demo").debug("demo failed", exc_info=True)
+        print(f"iodine-node demo: failed: {type(exc).__name__}: {exc} (--log-level debug shows where)",
+              file=sys.stderr)
+        return 1
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
