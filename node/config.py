@@ -235,7 +235,7 @@ Regex = Annotated[str, AfterValidator(_regex)]
 
 
 class SuvSection(_Section):
-    """How SUV is derived where headers leave a choice (shared/reference/suv.md)."""
+    """How SUV is derived where headers leave a choice (QIBA SUV pseudo-code; docs/science.md)."""
 
     time_only_administration_days_before: Annotated[int, Field(ge=0, le=30)] | None = None
 

@@ -24,8 +24,26 @@ def data_file(*parts: str) -> Path:
     return path
 
 
+_running: dict[str, pytest.Item] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _running["item"] = item
+
+
+def require_peer_marker(what: str) -> None:
+    """Fail a test that uses an external program or a node/Orthanc process without @pytest.mark.peer:
+    `pytest -m "not peer"` must stay the fast unit subset."""
+    item = _running.get("item")
+    if item is not None and item.get_closest_marker("peer") is None:
+        pytest.fail(f"{item.nodeid} uses {what} but is not marked @pytest.mark.peer (see pyproject.toml markers)",
+                    pytrace=False)
+
+
 def require_tool(name: str) -> str:
     """Path of a peer program. Missing: a failure in CI, a skip on a developer machine."""
+    require_peer_marker(f"the peer program {name!r}")
     path = shutil.which(name)
     if path is None:
         message = f"peer program {name!r} is not installed (make test installs it when run as root)"

@@ -1,6 +1,6 @@
 """Real processes for tests: the node itself (`iodine-node serve`), dcmtk tools, Orthanc.
 
-Every dcmtk tool and Orthanc runs with TCP_NODELAY=1 (shared/reference/dicom-network-performance.md).
+Every dcmtk tool and Orthanc runs with TCP_NODELAY=1 (Nagle, RFC 896: docs/science.md).
 Orthanc 1.10 has no bind-address option: it is run with RemoteAccessAllowed false and only the
 listed modalities (host-checked) allowed, and is only ever addressed on 127.0.0.1.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import require_tool
+from tests.conftest import require_peer_marker, require_tool
 
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -84,6 +84,7 @@ class NodeProcess:
         self._log_offset = 0
 
     def start(self, timeout: float = 30) -> NodeProcess:
+        require_peer_marker("a node process")
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen([sys.executable, "-m", "node", "--config", str(self.config_path), "serve"],
@@ -210,6 +211,7 @@ class Orthanc:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30) -> Orthanc:
+        require_peer_marker("an Orthanc process")
         exe = require_tool("Orthanc")
         log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen([exe, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,

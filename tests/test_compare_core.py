@@ -26,7 +26,7 @@ from node.compare.matching import (
 
 def test_worked_example_of_the_reference_note() -> None:
     # 0.10 %IA at 24 h and 0.05 %IA at 96 h (as measured, 124I decayed) in a 1 g lesion ->
-    # 131I effective half-life 109.8 h, ~22 Gy/GBq, ~82 Gy for 3.7 GBq (shared/reference/iodine124.md).
+    # 131I effective half-life 109.8 h, ~22 Gy/GBq, ~82 Gy for 3.7 GBq (docs/science.md).
     r = [decay_correct_percent(0.10, 24), decay_correct_percent(0.05, 96)]
     dose = lesion_dose([24, 96], r, volume_ml=1.0)
     assert dose.effective_half_life_131_h == pytest.approx(109.8, abs=0.1)

@@ -16,6 +16,8 @@ from node.compare.dosimetry import lesion_dose
 from tests.conftest import dciodvfy_errors
 from tests.peers import NodeProcess, wait_for
 
+pytestmark = pytest.mark.peer  # every test runs node processes (and Orthanc, dciodvfy)
+
 
 def push_in_turn(n: NodeProcess, *studies) -> dict:
     """Push studies one after the other, each quantified before the next; the last one's results.json."""

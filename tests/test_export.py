@@ -12,6 +12,8 @@ import yaml
 
 from tests.peers import NodeProcess, Orthanc, free_port, wait_for
 
+pytestmark = pytest.mark.peer  # every test runs node processes and Orthanc, or the demo's node
+
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
 SC = "1.2.840.10008.5.1.4.1.1.7"

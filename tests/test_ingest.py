@@ -25,6 +25,8 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 from tests.conftest import require_tool
 from tests.peers import Orthanc, pid_children, run_dcmtk, wait_for
 
+pytestmark = pytest.mark.peer  # every test runs a node process and dcmtk or Orthanc
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory):

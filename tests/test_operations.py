@@ -34,6 +34,7 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"metric {name} not found")
 
 
+@pytest.mark.peer
 def test_health_metrics_and_jobs_follow_a_push(node, study) -> None:
     n = node({"storage": {"min_free_gb": 0.0}})
     status, body = n.http_get("/healthz")
@@ -66,6 +67,7 @@ def test_health_metrics_and_jobs_follow_a_push(node, study) -> None:
     assert info.value.code == 405  # read-only
 
 
+@pytest.mark.peer
 def test_disk_floor_refuses_new_instances(node, study) -> None:
     n = node({"storage": {"min_free_gb": 1e9}})
     result = n.storescu(study.files[:3])
@@ -78,6 +80,7 @@ def test_disk_floor_refuses_new_instances(node, study) -> None:
     assert refused >= 1 and metric(n.http_get("/metrics")[1], "iodine_instances_refused_total") == refused
 
 
+@pytest.mark.peer
 def test_audit_trail(node) -> None:
     n = node({"ingest": {"allowed_callers": [{"ae_title": "SCANNER1"}]}, "storage": {"min_free_gb": 0.0}})
     assert n.echoscu(calling_ae="SCANNER1").returncode == 0
@@ -130,6 +133,7 @@ def test_retention_deletes_old_data_but_nothing_with_pending_work(tmp_path: Path
     assert index.query("SELECT COUNT(*) FROM instances WHERE study_uid=?", (old,))[0][0] == 0
 
 
+@pytest.mark.peer
 def test_json_log_format(tmp_path: Path) -> None:
     n = NodeProcess(tmp_path / "n", {"logging": {"format": "json"}})
     try:
@@ -141,6 +145,7 @@ def test_json_log_format(tmp_path: Path) -> None:
         n.stop()
 
 
+@pytest.mark.peer
 def test_systemd_unit_verifies() -> None:
     unit = ROOT / "systemd" / "iodine-node.service"
     text = unit.read_text()

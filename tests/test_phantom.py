@@ -45,6 +45,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     assert lesions_a.keys() == lesions_c.keys() and lesions_a != lesions_c  # positions vary with the seed
 
 
+@pytest.mark.peer
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_every_file_passes_dciodvfy(phantom_factory, vendor: str) -> None:
     result = phantom_factory(seed=1, vendor=vendor, noise=0.15)
@@ -199,6 +200,7 @@ def test_same_administration_later_uptake(tmp_path: Path) -> None:
             assert b["suv"] == pytest.approx(expected, rel=0.02)
 
 
+@pytest.mark.peer
 def test_non_ascii_patient_name_round_trips(tmp_path: Path) -> None:
     result = generate_phantom(tmp_path, PhantomOptions(seed=2, patient_name="王^小明", charset="GB18030",
                                                        noise=0.0))

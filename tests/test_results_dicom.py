@@ -44,6 +44,7 @@ VARIANTS = [
 ]
 
 
+@pytest.mark.peer
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v['vendor']}-{v.get('charset', 'utf8')}")
 def test_every_object_passes_dciodvfy_and_keeps_patient(encoded, variant: dict) -> None:
     if isinstance(variant.get("charset"), list):
@@ -145,6 +146,7 @@ def test_uids_are_deterministic_and_follow_settings(encoded, tmp_path: Path, pha
     assert other["seg"].SeriesInstanceUID != first["seg"].SeriesInstanceUID
 
 
+@pytest.mark.peer
 def test_zero_lesions_gives_sr_and_sc_but_no_seg(encoded) -> None:
     nothing = QuantSettings(detection=DetectionSettings(min_peak_suv=1000.0))
     _, result, _, files, paths = encoded(settings=nothing, vendor="siemens")
@@ -165,6 +167,7 @@ def test_zero_lesions_gives_sr_and_sc_but_no_seg(encoded) -> None:
     assert "NO-FOCI" in codes_in(sr.ContentSequence)  # the report says no focus was found
 
 
+@pytest.mark.peer
 def test_many_lesions_get_a_second_page(encoded, tmp_path: Path) -> None:
     from node.encode.identity import ResultIdentity
     from node.encode.sc import ROWS_PER_PAGE, build_sc

@@ -1,6 +1,6 @@
 """Predicted 131I lesion dose from serial 124I scans after one administration.
 
-Method (shared/reference/iodine124.md; Jentzen et al., J Nucl Med 2008;49:1017): the lesion's
+Method (docs/science.md; Jentzen et al., J Nucl Med 2008;49:1017): the lesion's
 retention r(t) = %IA decay-corrected to administration (124I physics removed); the 131I-equivalent
 time-integrated activity per administered activity a~ = integral r(t) exp(-lambda_131 t) dt (hours);
 absorbed dose per administered 131I activity D/A0 = a~ x S, with S from the local-deposition

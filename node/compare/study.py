@@ -42,7 +42,7 @@ class ComparisonSettings:
     thresholds: ChangeThresholds = field(default_factory=ChangeThresholds)
     dose_activities_gbq: tuple[float, ...] = (3.7, 7.4)
     # Ho et al., NEJM 2013: treat if the predicted lesion dose is >= 20 Gy; Maxon 1983/1992:
-    # >= 80-85 Gy for nodal metastases (shared/reference/iodine124.md)
+    # >= 80-85 Gy for nodal metastases (docs/science.md)
     treat_threshold_gy: float = 20.0
     nodal_response_gy: float = 80.0
     s_values: tuple[tuple[float, float], ...] | None = None  # (sphere mass g, Gy per MBq h)

@@ -1,4 +1,4 @@
-"""Coded concepts used in the result objects (shared/reference/dicom-results.md; PS3.16)."""
+"""Coded concepts used in the result objects (PS3.16 TID 1500, CID 7180/7181; docs/science.md)."""
 
 from __future__ import annotations
 

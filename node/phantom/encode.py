@@ -2,7 +2,7 @@
 
 Attribute sources: PS3.3 A.21 (PET Image IOD: C.8.9.1 PET Series, C.8.9.2 PET Isotope, C.8.9.4
 PET Image, C.8.4.6 NM/PET Patient Orientation) and A.3 (CT Image IOD: C.8.2.1 CT Image).
-Vendor habits after shared/reference/suv.md: Siemens BQML with Series Time = scan start; GE BQML
+Vendor habits (QIBA SUV pseudo-code, docs/science.md): Siemens BQML with Series Time = scan start; GE BQML
 with a post-processed Series Time and the scan start in private (0009,100D) of GEMS_PETD_01;
 Philips CNTS with private scale factors (7053,1000) and (7053,1009) of "Philips PET Private Group".
 """
@@ -23,7 +23,7 @@ import node
 from node.phantom.render import AxialGrid
 from node.uids import derive_uid
 
-I124_HALF_LIFE_S = 360806.4  # ICRP-107: 4.176 d (shared/reference/iodine124.md)
+I124_HALF_LIFE_S = 360806.4  # ICRP-107: 4.176 d (docs/science.md)
 I124_POSITRON_FRACTION = 0.229  # ICRP-107: 22.9 % (11.7 % + 10.8 %)
 IMPLEMENTATION_CLASS_UID = derive_uid("iodine-node", "implementation")
 VENDORS = ("siemens", "ge", "philips")
@@ -184,7 +184,7 @@ def decay_correction_factor(dt_s: float, frame_s: float, half_life_s: float) -> 
 
 
 def frame_average_time_s(frame_s: float, half_life_s: float) -> float:
-    """Decay-weighted mean time within a frame (QIBA SUV pseudo-code, shared/reference/suv.md)."""
+    """Decay-weighted mean time within a frame (QIBA SUV pseudo-code, docs/science.md)."""
     lam = math.log(2) / half_life_s
     return math.log(lam * frame_s / (1.0 - math.exp(-lam * frame_s))) / lam
 
@@ -198,7 +198,7 @@ def _isotope(info: StudyInfo) -> Sequence:
     item.RadionuclideTotalDose = f"{info.injected_activity_bq:.1f}"
     item.RadionuclideHalfLife = f"{I124_HALF_LIFE_S}"
     item.RadionuclidePositronFraction = f"{I124_POSITRON_FRACTION}"
-    # SCT codes per shared/reference/iodine124.md (CID 4020 / CID 4021).
+    # SCT codes of PS3.16 CID 4020 / CID 4021 (docs/science.md).
     item.RadionuclideCodeSequence = Sequence([_code("40937006", "SCT", "^124^Iodine")])
     item.RadiopharmaceuticalCodeSequence = Sequence([_code("422980002", "SCT", "Sodium iodide I^124^")])
     item.AdministrationRouteCodeSequence = Sequence([_code("26643006", "SCT", "Oral route")])

@@ -153,7 +153,7 @@ def _host_suv(model: PatientModel, region: Region) -> float | None:
 def analytic_131i(kin: Kinetics, conc_bq_per_ml: float, diameter_mm: float, uptake_h: float,
                   injected_bq: float) -> dict[str, float]:
     """The lesion's true 131I-equivalent dose per GBq from the generator's kinetics (uptake + washout,
-    shared/reference/iodine124.md): r(t) = n (1 - exp(-k_u t)) exp(-k_b t), a~ = n (1/(k_b+l131) -
+    Jentzen et al. 2008, docs/science.md): r(t) = n (1 - exp(-k_u t)) exp(-k_b t), a~ = n (1/(k_b+l131) -
     1/(k_u+k_b+l131)), D/A0 = 0.11066 a~ / m (local deposition, 1 g/ml)."""
     volume_ml = math.pi / 6 * diameter_mm**3 / 1000.0
     r_now = conc_bq_per_ml * volume_ml * math.exp(math.log(2) * uptake_h * 3600.0 / I124_HALF_LIFE_S) / injected_bq

@@ -11,7 +11,7 @@ from scipy import ndimage
 from node.phantom.anatomy import PatientModel, Region, RigidTransform
 
 # A 124I PET point-spread of about 7 mm FWHM: the long positron range of 124I (mean ~3.4 mm,
-# Emax 2.14 MeV) on top of detector resolution; see shared/reference/iodine124.md.
+# Emax 2.14 MeV) on top of detector resolution; see docs/science.md.
 DEFAULT_PSF_FWHM_MM = 7.0
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 

@@ -8,7 +8,7 @@ Definitions:
 - Activity: sum of activity concentration x voxel volume, at the images' reference time, and
   decay-corrected to administration; %IA = activity at administration / administered x 100.
 - Recovered activity (for dosimetry): the delineated VOI loses the counts the scanner's blur
-  spreads outside it (spill-out; 124I resolution ~6-8 mm FWHM, shared/reference/iodine124.md).
+  spreads outside it (spill-out; 124I resolution ~6-8 mm FWHM, docs/science.md).
   Summing over the VOI enlarged by `margin_mm` (inside the body, without other foci) and removing
   the local background's share, A = sum_enlarged(C dV) - C_bg x (V_enlarged - V_lesion), recovers
   it without a scanner-specific recovery table (the enlarged-VOI method; Erdi et al., J Nucl Med

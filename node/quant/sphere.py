@@ -11,7 +11,7 @@ C) in a uniform background b, blurred by the scanner's isotropic Gaussian point-
 (the convolution of a ball with a 3-D Gaussian; e.g. Chen et al., "Simple method for partial
 volume correction by fitting", IEEE TMI 1999). All seven parameters are fitted by least squares to
 the voxels around the lesion, so the scanner's resolution need not be known. The sphere is also the
-dosimetry model of the lesion mass (shared/reference/iodine124.md). R is determined only when the
+dosimetry model of the lesion mass (Jentzen et al. 2008, docs/science.md). R is determined only when the
 lesion is not much smaller than the blur: callers check `resolved`.
 """
 

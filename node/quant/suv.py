@@ -2,7 +2,7 @@
 
 Rules after the QIBA vendor-neutral SUV pseudo-code (D. Clunie, 2012/2018), the OncoRay/IBSI
 "Comprehensive Manual for SUV Computation" (Vácha et al.) and PS3.3 C.8.9.1 / C.8.9.4, as summarised
-in shared/reference/suv.md. Each decision is recorded in `derivation` or `warnings`, so a
+in docs/science.md. Each decision is recorded in `derivation` or `warnings`, so a
 physician (or a physicist auditing a result) can see how a number was obtained.
 """
 
@@ -15,7 +15,7 @@ from datetime import date, datetime, time, timedelta
 
 from pydicom.dataset import Dataset
 
-# Half-lives (s) of the nuclides whose codes we check, ICRP-107 (shared/reference/iodine124.md).
+# Half-lives (s) of the nuclides whose codes we check, ICRP Publication 107 (docs/science.md).
 # Keys: code values of CID 4020 in SCT and the legacy SRT/SNM3 schemes.
 NUCLIDE_HALF_LIFE_S: dict[str, tuple[str, float]] = {
     "40937006": ("124I", 360806.4), "C-114A5": ("124I", 360806.4),
@@ -149,7 +149,7 @@ def _float(value: object) -> float | None:
 
 
 def lbm_james128_kg(weight_kg: float, height_cm: float, sex: str) -> float:
-    # James (1976) as used for SUVlbm ("James128" form), shared/reference/suv.md
+    # James (1976) as used for SUVlbm ("James128" form), docs/science.md
     if sex == "M":
         return 1.10 * weight_kg - 128.0 * (weight_kg / height_cm) ** 2
     return 1.07 * weight_kg - 148.0 * (weight_kg / height_cm) ** 2
