@@ -7,7 +7,7 @@ CONFIG ?= config/node.yaml
 # dicom3tools (dciodvfy) validates every object the node writes.
 PEERS  := dcmtk orthanc orthanc-dicomweb dicom3tools
 
-.PHONY: test run venv peers lint bench-ingest clean
+.PHONY: test test-fast run venv peers lint bench-ingest clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: venv
 
 test: venv peers lint
 	$(BIN)/pytest -q
+
+# The unit subset: no peer program, no node process (tests marked `peer` are deselected).
+test-fast: venv
+	$(BIN)/pytest -q -m "not peer"
 
 run: venv
 	$(BIN)/iodine-node serve --config $(CONFIG)

@@ -64,12 +64,12 @@ def _refusal(assoc: Association, where: str, connected: bool) -> tuple[bool, str
 
 def push_files(files: list[Path], host: str, port: int, called_ae: str, calling_ae: str = "DEMO_SCANNER",
                attempts: int = 4, first_backoff_s: float = 1.0, timeout_s: float = 120.0) -> int:
-    """C-STORE every file; returns how many were acknowledged with success.
+    """C-STORE every file; returns how many were acknowledged with success (the others with a warning).
 
     A busy node may reject an association (transient A-ASSOCIATE-RJ) or abort it mid-transfer: the
     files not yet answered are sent again on a new association after a backoff that doubles, up to
     `attempts` tries in a row without progress. Then, or at once for a permanent rejection, PushError
-    says in one line what happened.
+    says in one line what happened; also when the node answered any instance with a failure status.
     """
     connected: list[bool] = []
 
@@ -86,6 +86,7 @@ def push_files(files: list[Path], host: str, port: int, called_ae: str, calling_
     where = f"{called_ae}@{host}:{port}"
     pending = list(files)
     stored = failures = 0
+    refused: list[str] = []  # answered with a failure status: sending again would not help
     while pending:
         problem = ""
         connected.clear()
@@ -104,7 +105,10 @@ def push_files(files: list[Path], host: str, port: int, called_ae: str, calling_
                     status = assoc.send_c_store(str(pending[0]))
                     if not status:  # no response: the association was aborted or timed out
                         break
-                    stored += int(status.Status == 0x0000)
+                    if status.Status == 0x0000:
+                        stored += 1
+                    elif status.Status not in (0xB000, 0xB006, 0xB007):  # PS3.4 B.2.3: warnings are stored
+                        refused.append(f"0x{status.Status:04X} {status.get('ErrorComment', '')}".strip())
                     pending.pop(0)
             finally:
                 if assoc.is_established:
@@ -121,6 +125,8 @@ def push_files(files: list[Path], host: str, port: int, called_ae: str, calling_
                                 f"{len(files)} instances sent")
             log.warning("%s; trying again in %g s", problem, first_backoff_s * 2 ** (failures - 1))
             time.sleep(first_backoff_s * 2 ** (failures - 1))
+    if refused:
+        raise PushError(f"{where} refused {len(refused)} of {len(files)} instances (first: status {refused[0]})")
     return stored
 
 

@@ -45,8 +45,10 @@ def ct_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 class Scp:
     """A real pynetdicom storage SCP on a loopback port that misbehaves as a busy node would."""
 
-    def __init__(self, abort_on: set[tuple[int, int]] = frozenset(), allowed_calling: list[str] | None = None):
+    def __init__(self, abort_on: set[tuple[int, int]] = frozenset(), allowed_calling: list[str] | None = None,
+                 refuse_on: set[int] = frozenset()):
         self.abort_on = abort_on  # (association number, C-STORE number within it), both from 1
+        self.refuse_on = refuse_on  # C-STORE numbers over all associations answered "out of resources"
         self.received: list[str] = []
         self.associations = 0
         self._lock = threading.Lock()
@@ -70,7 +72,7 @@ class Scp:
             event.assoc.abort()  # A-ABORT before answering: the requestor's C-STORE gets no response
             return 0xA700
         self.received.append(str(event.request.AffectedSOPInstanceUID))
-        return 0x0000
+        return 0xA700 if len(self.received) in self.refuse_on else 0x0000
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -115,6 +117,17 @@ def test_push_to_a_closed_port_says_so() -> None:
     with pytest.raises(PushError, match=rf"no association with X@127.0.0.1:{port} \(connection refused or "
                                         r"unreachable\); gave up after 2 attempts, 0 of 1 instances sent"):
         push_files([Path("/never-read")], "127.0.0.1", port, "X", attempts=2, first_backoff_s=0.05)
+
+
+def test_push_reports_instances_the_node_refused(ct_files: list[Path]) -> None:
+    scp = Scp(refuse_on={2, 5})
+    try:
+        with pytest.raises(PushError, match=rf"BUSY_NODE@127.0.0.1:{scp.port} refused 2 of 6 instances "
+                                            r"\(first: status 0xA700\)$"):
+            push_files(ct_files, "127.0.0.1", scp.port, "BUSY_NODE", first_backoff_s=0.05)
+    finally:
+        scp.stop()
+    assert len(scp.received) == 6 and scp.associations == 1  # all sent once: a refusal is not retried
 
 
 @pytest.mark.peer
