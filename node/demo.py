@@ -114,8 +114,8 @@ def push_files(files: list[Path], host: str, port: int, called_ae: str, calling_
                 if assoc.is_established:
                     assoc.release()
             if pending:
-                problem = (f"{where} aborted the association after {sent_before - len(pending)} of "
-                           f"{sent_before} instances")
+                problem = (f"the association with {where} ended after {sent_before - len(pending)} of "
+                           f"{sent_before} instances (aborted, or no response within {timeout_s:g} s)")
             if len(pending) < sent_before:
                 failures = 0  # progress: the count of tries in a row starts again
         if pending:

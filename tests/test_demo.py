@@ -98,7 +98,7 @@ def test_push_gives_up_after_attempts_in_a_row_without_progress(ct_files: list[P
         scp.stop()
     message = str(info.value)
     assert "\n" not in message and scp.associations == 3
-    assert f"BUSY_NODE@127.0.0.1:{scp.port} aborted the association after 0 of 6 instances" in message
+    assert f"the association with BUSY_NODE@127.0.0.1:{scp.port} ended after 0 of 6 instances (aborted" in message
     assert "gave up after 3 attempts, 0 of 6 instances sent" in message
 
 
