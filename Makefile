@@ -30,9 +30,9 @@ lint: venv
 test: venv peers lint
 	$(BIN)/pytest -q
 
-# The unit subset: no peer program, no node process (tests marked `peer` are deselected).
+# The quick subset: no peer program, no node process, no compute-heavy test (markers in pyproject.toml).
 test-fast: venv
-	$(BIN)/pytest -q -m "not peer"
+	$(BIN)/pytest -q -m "not peer and not slow"
 
 run: venv
 	$(BIN)/iodine-node serve --config $(CONFIG)

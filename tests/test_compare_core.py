@@ -88,6 +88,7 @@ def test_matching_with_gate_and_categories() -> None:
     assert summary["categories"][LOST] == 1 and summary["avid_at_higher_tsh"] == "some"
 
 
+@pytest.mark.slow
 def test_rigid_registration_of_two_visits(tmp_path) -> None:
     from node.compare.register import register_rigid
     from node.phantom import PhantomOptions, generate_phantom
@@ -111,6 +112,7 @@ def test_rigid_registration_of_two_visits(tmp_path) -> None:
     assert errors.max() <= 3.0, dict(zip(names, errors.round(2), strict=True))
 
 
+@pytest.mark.slow
 def test_pet_to_pet_registration_without_ct(tmp_path) -> None:
     """Without CT the SUV volumes are registered (PET-PET fallback): lesion centroids within 3 mm."""
     from node.compare.register import coarse, register_rigid
@@ -181,6 +183,7 @@ def test_uptake_washout_fit_and_s_value_table() -> None:
     assert with_table.s_value_source == "sphere S-value table"
 
 
+@pytest.mark.slow
 def test_affine_stage_after_rigid_keeps_lesions_within_3_mm(tmp_path) -> None:
     from node.compare.register import register_rigid
     from node.compare.study import ct_on_coarse_grid
@@ -197,6 +200,7 @@ def test_affine_stage_after_rigid_keeps_lesions_within_3_mm(tmp_path) -> None:
     assert errors.max() <= 3.0, dict(zip(names, errors.round(2), strict=True))
 
 
+@pytest.mark.slow
 def test_matching_over_ten_noisy_seeds() -> None:
     """TSH pairs of ten noisy phantoms (shifted, rotated, uptake changed): >= 95 % of matched
     metastases matched to the right lesion, >= 95 % of categories (lesions >= 10 mm) right."""
