@@ -87,7 +87,7 @@ class NodeProcess:
         require_peer_marker("a node process")
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen([sys.executable, "-m", "node", "--config", str(self.config_path), "serve"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "node", "serve", "--config", str(self.config_path)],
                                      stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
                                      start_new_session=True)
         log.close()
