@@ -33,7 +33,7 @@ def uid_problem(value: object) -> str | None:
     if not isinstance(value, str) or not value:
         return "is missing"
     if len(value) > MAX_UID_LENGTH:
-        return f"is {len(value)} characters long, more than {MAX_UID_LENGTH} (PS3.5 9.1)"
+        return f"is {len(value)} characters, over {MAX_UID_LENGTH} (PS3.5 9.1)"
     if _UID_RE.fullmatch(value) is None:
         return f"is not a valid UID (digits and dots, no leading zeros, PS3.5 9.1): {value[:70]!r}"
     return None

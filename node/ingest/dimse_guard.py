@@ -29,6 +29,10 @@ DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
 
+def _one_line(exc: BaseException) -> str:
+    return str(exc)[:200].encode("unicode_escape").decode("ascii")
+
+
 def _text(value: Any) -> str:
     return str(value or "").rstrip("\0 ")
 
@@ -52,7 +56,15 @@ class GuardedDIMSE(DIMSEServiceProvider):
     def receive_primitive(self, primitive: Any) -> None:
         if self.message is None:
             self.message = DIMSEMessage()
-        if not self.message.decode_msg(primitive, self.assoc):
+        try:
+            if not self.message.decode_msg(primitive, self.assoc):
+                return
+        except Exception as exc:  # noqa: BLE001 - pynetdicom lets a garbage command set escape its reactor
+            self._discard(self.message)
+            self._reset()
+            log.warning("aborting association from %s: undecodable DIMSE command set (%s: %s)",
+                        self.assoc.requestor.address, type(exc).__name__, _one_line(exc))
+            self.dul.event_queue.put("Evt19")
             return
         evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
         context_id = int(self.message.context_id or 0)
@@ -64,8 +76,9 @@ class GuardedDIMSE(DIMSEServiceProvider):
             if isinstance(message, C_STORE_RQ):
                 self._answer_store(message, context_id, exc)
                 return
+            self._discard(message)
             log.warning("aborting association from %s: invalid %s message: %s: %s", self.assoc.requestor.address,
-                        type(message).__name__, type(exc).__name__, str(exc)[:200].encode("unicode_escape").decode())
+                        type(message).__name__, type(exc).__name__, _one_line(exc))
             self.dul.event_queue.put("Evt19")
             return
         if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
@@ -81,12 +94,17 @@ class GuardedDIMSE(DIMSEServiceProvider):
         """Forget the message, as pynetdicom does after each one (its fix for issue #41)."""
         self.message = None
 
-    def _answer_store(self, message: Any, context_id: int, exc: Exception) -> None:
+    @staticmethod
+    def _discard(message: Any) -> None:
+        """Remove the temporary file a C-STORE data set was streaming into: nothing is stored."""
         temp = getattr(message, "_data_set_file", None)
-        if temp is not None:  # the data set streamed to a temporary file: not stored
+        if temp is not None:
             with contextlib.suppress(OSError):
                 temp.close()
                 os.unlink(temp.name)
+
+    def _answer_store(self, message: Any, context_id: int, exc: Exception) -> None:
+        self._discard(message)
         command = message.command_set
         status, reason = store_failure(command)
         rsp = C_STORE()

@@ -37,6 +37,7 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from node.ingest.dimse_guard import GuardedDIMSE
@@ -119,6 +120,8 @@ class _CompactRecords(logging.Filter):
         message = record.getMessage()
         if record.name == "pynetdicom.utils" and message.startswith("Invalid '"):
             return False  # a UID or AE value pynetdicom refuses: the caller reports it once, with context
+        if record.name.startswith("pydicom") and isinstance(threading.current_thread(), DULServiceProvider):
+            return False  # pydicom's opinion of a peer's command set values: the refusal says what matters
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             detail = f"{type(exc).__name__}: {exc}"
@@ -146,6 +149,27 @@ def compact_library_logs() -> None:
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+    if not getattr(threading.excepthook, "iodine_compact", False):
+        threading.excepthook = _compact_excepthook(threading.excepthook)
+
+
+def _compact_excepthook(previous: Any) -> Any:
+    """An exception escaping a pynetdicom reactor thread (its state machine does not catch all
+    of them) is one log line naming the peer, not a traceback on stderr; other threads as before."""
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        thread = args.thread
+        if isinstance(thread, (DULServiceProvider, Association)) and args.exc_value is not None:
+            assoc = thread.assoc if isinstance(thread, DULServiceProvider) else thread
+            peer = getattr(assoc.requestor, "address", "?")
+            text = str(args.exc_value)[:200].encode("unicode_escape").decode("ascii")
+            log.warning("connection from %s ended by an error in pynetdicom's %s: %s: %s", peer,
+                        type(thread).__name__, args.exc_type.__name__, text)
+            return
+        previous(args)
+
+    hook.iodine_compact = True  # type: ignore[attr-defined]
+    return hook
 
 
 # -- connections not yet associated ----------------------------------------------------------
@@ -186,10 +210,9 @@ class GuardedServer(ThreadedAssociationServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = client_address[0]
         with self._lock:
-            from_host = sum(1 for p in self._pending.values() if p.host == host)
-            victim = None
-            if len(self._pending) >= self.guard.max_pending:
-                victim = min(self._pending.values(), key=lambda p: p.started)
+            live = [p for p in self._pending.values() if not p.evicted]
+            from_host = sum(1 for p in live if p.host == host)
+            victim = min(live, key=lambda p: p.started) if len(live) >= self.guard.max_pending else None
         from_host += self._associations_from(host)
         if from_host >= self.guard.max_per_host:
             self.refusals.note("per-host-cap", client_address, f"{from_host} connections from this host already "
