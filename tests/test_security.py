@@ -252,8 +252,9 @@ def _deflated_file(path: Path, study_file: Path, sop_uid: str, filler_mb: int) -
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     body = [deflater.compress(head.getvalue())]
     if filler_mb:
-        body.append(deflater.compress(struct.pack("<HHL", 0x0009, 0x0010, 4) + b"BOMB"))  # private creator LO
-        body.append(deflater.compress(struct.pack("<HH2sHL", 0x0009, 0x1000, b"OB", 0, filler_mb << 20)))
+        # A private block after the header attributes (PS3.5 7.8): creator (0029,0010) LO, then OB.
+        body.append(deflater.compress(struct.pack("<HH2sH", 0x0029, 0x0010, b"LO", 4) + b"BOMB"))
+        body.append(deflater.compress(struct.pack("<HH2sHL", 0x0029, 0x1000, b"OB", 0, filler_mb << 20)))
         zeros = bytes(1 << 20)
         body += [deflater.compress(zeros) for _ in range(filler_mb)]
     body.append(deflater.flush())
