@@ -78,6 +78,26 @@ class TLSSection(_Section):
         return self
 
 
+class NetworkLimitsSection(_Section):
+    """What the DICOM listener tolerates from a peer before it has proven to be a DICOM sender
+    (docs/security.md): timeouts and size caps checked before anything is allocated."""
+
+    # A connection must complete its TLS handshake and deliver its whole A-ASSOCIATE-RQ within
+    # this time (the ARTIM timer of PS3.8 9.1.5); until then it does not count against max_associations.
+    artim_timeout_s: Annotated[float, Field(gt=0, le=600)] = 20.0
+    # Every read on an associated connection: a PDU started but not finished within this time ends it;
+    # an association silent this long is aborted.
+    network_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # Open connections (associated or not) from one IP address; more are closed at once.
+    max_connections_per_host: Annotated[int, Field(ge=1, le=1024)] = 16
+    # Connections not yet associated, from all hosts; beyond it the oldest is dropped.
+    max_pending_connections: Annotated[int, Field(ge=1, le=4096)] = 64
+    # Largest A-ASSOCIATE-RQ (and any other non-data PDU) accepted, KiB.
+    max_associate_rq_kb: Annotated[int, Field(ge=4, le=1024)] = 64
+    # Maximum Length Received the node announces (PS3.8 D.1); longer P-DATA PDUs abort the association.
+    max_pdu_kb: Annotated[int, Field(ge=4, le=65536)] = 1024
+
+
 class NodeSection(_Section):
     """The node's own DICOM identity and where it listens."""
 
@@ -86,6 +106,7 @@ class NodeSection(_Section):
     port: Port = 11112
     tls: TLSSection | None = None
     max_associations: Annotated[int, Field(ge=1, le=256)] = 32
+    limits: NetworkLimitsSection = NetworkLimitsSection()
 
 
 class RetentionSection(_Section):
@@ -136,6 +157,10 @@ class HttpSection(_Section):
     enabled: bool = True
     bind: str = "127.0.0.1"
     port: Port = 8080
+    # A request must arrive whole and be answered within this time, else the connection is closed.
+    request_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # Requests served at once; as many more may wait, beyond that the server answers 503 at once.
+    workers: Annotated[int, Field(ge=1, le=64)] = 4
 
 
 class LoggingSection(_Section):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import signal
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,8 @@ class NodeService:
                                                                          retention.results_days), 3600.0)
                           if retention.inputs_days or retention.results_days else None)
         self.http = (StatusServer(config.http.bind, config.http.port, self.health, self.metrics.render,
-                                  self.jobs_summary) if config.http.enabled else None)
+                                  self.jobs_summary, config.http.workers, config.http.request_timeout_s)
+                     if config.http.enabled else None)
         self.metrics.gauge("iodine_jobs", "jobs by state", self._jobs_by_state)
         self.metrics.gauge("iodine_outbox_depth", "result objects waiting for delivery", lambda: {
             "": float(self.index.query("SELECT COUNT(*) FROM outbox WHERE state='pending'")[0][0])})
@@ -101,12 +101,7 @@ class NodeService:
 
     def health(self) -> dict[str, Any]:
         checks: dict[str, dict[str, Any]] = {}
-        host = "127.0.0.1" if self.config.node.bind in ("0.0.0.0", "") else self.config.node.bind
-        try:
-            with socket.create_connection((host, self.config.node.port), timeout=2):
-                checks["listener"] = {"ok": True}
-        except OSError as exc:
-            checks["listener"] = {"ok": False, "error": f"cannot connect to {host}:{self.config.node.port}: {exc}"}
+        checks["listener"] = self.listener.status()  # no probe connection: it would take a slot
         try:
             with self.index.transaction() as c:
                 c.execute("SELECT 1")

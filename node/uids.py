@@ -12,8 +12,9 @@ import uuid
 _NAMESPACE = uuid.UUID("6f1c3a52-5d3e-4b8e-9d8e-124124124124")
 
 # PS3.5 9.1: components of digits separated by '.', no leading zero in a multi-digit component,
-# at most 64 characters.
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# at most 64 characters. Always used with fullmatch: `$` would also match before a final newline.
+_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+MAX_UID_LENGTH = 64
 
 
 def derive_uid(*parts: object) -> str:
@@ -24,4 +25,15 @@ def derive_uid(*parts: object) -> str:
 
 def is_valid_uid(value: object) -> bool:
     """True for a syntactically valid UID (PS3.5 9.1); safe to use as a file or folder name."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID_RE.match(value))
+    return isinstance(value, str) and 0 < len(value) <= MAX_UID_LENGTH and _UID_RE.fullmatch(value) is not None
+
+
+def uid_problem(value: object) -> str | None:
+    """None for a valid UID, else what is wrong with it, in words a sender's log can show."""
+    if not isinstance(value, str) or not value:
+        return "is missing"
+    if len(value) > MAX_UID_LENGTH:
+        return f"is {len(value)} characters, over {MAX_UID_LENGTH} (PS3.5 9.1)"
+    if _UID_RE.fullmatch(value) is None:
+        return f"is not a valid UID (digits and dots, no leading zeros, PS3.5 9.1): {value[:70]!r}"
+    return None

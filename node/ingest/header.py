@@ -4,8 +4,9 @@ pydicom's dcmread and its lazy element access cost about 1 ms a file, the larges
 C-STORE here. This scanner walks the element headers of a little-endian dataset (PS3.5 7.1:
 explicit VR with 2- or 4-byte lengths, implicit VR; undefined lengths with items and delimiters,
 PS3.5 7.5) and decodes only the wanted values; text that may use the Specific Character Set goes
-through pydicom's own decoder. Anything it does not
-handle (big endian, deflate, a malformed stream) returns None and the caller falls back to dcmread.
+through pydicom's own decoder. A deflated data set (PS3.5 A.5) is scanned in its first inflated
+megabytes, never inflated whole. Anything it does not handle (big endian, a malformed stream)
+returns None and the caller falls back to dcmread.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
+from node.ingest.deflate import inflate_prefix
+
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
@@ -30,6 +33,7 @@ _U16L = struct.Struct("<H")
 _TEXT_VRS = {"SH", "LO", "PN", "LT", "ST", "UT", "UC"}  # may use the Specific Character Set
 _PN_DELIMITERS = {0x5C, 0x3D, 0x5E}  # backslash, '=', '^' (PS3.5 6.1.2.5.3)
 _TEXT_DELIMITERS = {0x5C}
+_DEFLATED_PREFIX = 8 << 20  # bytes of a deflated data set inflated to find the header attributes
 
 
 class _Malformed(Exception):
@@ -136,25 +140,35 @@ def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataEleme
             pos = value + length
         ts_raw = meta.get(0x00020010)
         ts = UID(ts_raw.value.decode("ascii").strip("\0 ")) if ts_raw else UID("")
-        if not ts or ts in (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian):
+        if not ts or ts == ExplicitVRBigEndian:
             return None
         implicit = ts == ImplicitVRLittleEndian
-        found: dict[int, RawDataElement] = {}
-        while pos < len(buf):
-            tag, vr, length, value = _element(buf, pos, implicit)  # raises when cut short
-            if tag > last or tag == _PIXEL_DATA:
-                break
-            if length == _UNDEFINED:
-                pos = _skip_undefined(buf, value, implicit)
-                continue
-            if value + length > len(buf):
-                raise _Malformed("value past the end")
-            if tag in wanted:
-                found[tag] = RawDataElement(Tag(tag), vr.decode() if vr else None, length,
-                                            bytes(buf[value:value + length]), value, implicit, True)
-            pos = value + length
+        data: mmap.mmap | bytes = buf
+        if ts == DeflatedExplicitVRLittleEndian:  # the header attributes from a bounded inflated prefix
+            data, pos = inflate_prefix(bytes(buf[pos:]), _DEFLATED_PREFIX), 0
+        found = _scan_dataset(data, pos, implicit, wanted, last)
     except (_Malformed, struct.error, UnicodeDecodeError):
         return None
     finally:
         buf.close()
     return meta, found, implicit
+
+
+def _scan_dataset(buf: mmap.mmap | bytes, pos: int, implicit: bool, wanted: set[int],
+                  last: int) -> dict[int, RawDataElement]:
+    """The wanted top-level elements of the data set starting at pos, up to the last wanted tag."""
+    found: dict[int, RawDataElement] = {}
+    while pos < len(buf):
+        tag, vr, length, value = _element(buf, pos, implicit)  # raises when cut short
+        if tag > last or tag == _PIXEL_DATA:
+            break
+        if length == _UNDEFINED:
+            pos = _skip_undefined(buf, value, implicit)
+            continue
+        if value + length > len(buf):
+            raise _Malformed("value past the end")
+        if tag in wanted:
+            found[tag] = RawDataElement(Tag(tag), vr.decode() if vr else None, length,
+                                        bytes(buf[value:value + length]), value, implicit, True)
+        pos = value + length
+    return found

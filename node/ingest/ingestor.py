@@ -13,11 +13,12 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node.index import Index, InstanceRecord
+from node.ingest.deflate import InflateError, inflated_size, is_deflated
 from node.ingest.header import HeaderValue, scan_values
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES
 from node.ingest.spool import Spool, fsync_file
 from node.metrics import Metrics
-from node.uids import is_valid_uid
+from node.uids import uid_problem
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,9 @@ def describe(h: Header, path: str, size: int) -> InstanceRecord:
         value = text(keyword)
         if not value:
             raise IngestError(DATASET_MISMATCH, f"{keyword} {tag} is missing")
-        if not is_valid_uid(value):
-            raise IngestError(DATASET_MISMATCH,
-                              f"{keyword} {tag} is not a valid UID (digits and dots, <= 64 chars): {value[:70]!r}")
+        problem = uid_problem(value)
+        if problem:
+            raise IngestError(DATASET_MISMATCH, f"{keyword} {tag} {problem}")
     return InstanceRecord(
         sop_instance_uid=text("SOPInstanceUID"),
         sop_class_uid=sop_class,
@@ -205,6 +206,12 @@ class Ingestor:
         if size > self.max_instance_bytes:
             raise IngestError(OUT_OF_RESOURCES, f"instance of {size / 1e6:.1f} MB exceeds ingest.max_instance_mb "
                                                 f"({self.max_instance_bytes / 1e6:.0f} MB)")
+        if is_deflated(temp):  # a deflate bomb must not be inflated whole (node/ingest/deflate.py)
+            try:
+                inflated_size(temp, self.max_instance_bytes)
+            except InflateError as exc:
+                raise IngestError(OUT_OF_RESOURCES if exc.too_large else CANNOT_UNDERSTAND,
+                                  f"{exc.reason} (ingest.max_instance_mb)" if exc.too_large else exc.reason) from None
         synced = self._io.submit(fsync_file, temp)
         try:
             header = read_header(temp)

@@ -13,6 +13,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -21,6 +22,7 @@ from pynetdicom.sop_class import Verification
 
 from node.audit import AuditLog
 from node.config import NodeConfig
+from node.ingest.guard import GuardedServer, GuardSettings, Refusals, compact_library_logs
 from node.ingest.ingestor import OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, IngestError, Ingestor
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES, TRANSFER_SYNTAXES, all_storage_sop_classes
 from node.metrics import Metrics
@@ -97,14 +99,27 @@ class Listener:
         ae = _NodeAE(config.node.ae_title, allowed)
         ae.require_called_aet = True
         ae.maximum_associations = config.node.max_associations
-        ae.maximum_pdu_size = 0  # no limit from our side: the sender picks (dcmtk uses 128 KiB)
-        ae.network_timeout = 120
+        limits = config.node.limits
+        max_instance = int(config.ingest.max_instance_mb * 1e6)
+        self.guard = GuardSettings(
+            artim_s=limits.artim_timeout_s, network_timeout_s=limits.network_timeout_s,
+            max_per_host=limits.max_connections_per_host, max_pending=limits.max_pending_connections,
+            max_rq_bytes=limits.max_associate_rq_kb * 1024, max_pdu_bytes=limits.max_pdu_kb * 1024,
+            # An instance over ingest.max_instance_mb is received and answered 0xA700 (the sender
+            # learns why); one streaming on past twice that is cut off (A-ABORT) to protect the disk.
+            max_dataset_bytes=2 * max_instance + (1 << 20))
+        self.refusals = Refusals()
+        # The Maximum Length the node announces (PS3.8 D.1): the guard aborts longer P-DATA PDUs.
+        ae.maximum_pdu_size = self.guard.max_pdu_bytes
+        ae.network_timeout = limits.network_timeout_s
+        ae.acse_timeout = limits.artim_timeout_s
         ae.dimse_timeout = 120
         ae.add_supported_context(Verification)
         for uid in all_storage_sop_classes():
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         self.ae = ae
-        self._server = None
+        self._server: GuardedServer | None = None
+        self._thread = threading.Thread()
 
     def start(self) -> None:
         handlers = [
@@ -115,8 +130,16 @@ class Listener:
             (evt.EVT_C_STORE, self._on_store),
         ]
         address = (self.config.node.bind, self.config.node.port)
-        self._server = self.ae.start_server(address, block=False, evt_handlers=handlers,
-                                            ssl_context=_tls_context(self.config))
+        compact_library_logs()
+        server = self.ae.make_server(address, evt_handlers=handlers, ssl_context=_tls_context(self.config),
+                                     server_class=GuardedServer, guard=self.guard, refusals=self.refusals)
+        self._thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
+        self._thread.start()
+        self.ae._servers.append(server)  # noqa: SLF001 - as AE.start_server does, so shutdown() finds it
+        self._server = server
+        if self.metrics:
+            self.metrics.gauge("iodine_network_refusals", "connections the listener's guard refused, by kind",
+                               lambda: {f'kind="{k}"': float(v) for k, v in self.refusals.snapshot().items()})
         log.info("listening on %s:%d as %s%s", *address, self.config.node.ae_title,
                  " (TLS)" if self.config.node.tls else "")
 
@@ -129,6 +152,21 @@ class Listener:
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.server_address[1])
+
+    def status(self) -> dict[str, object]:
+        """For /healthz, without connecting (a probe must not take a slot): the accept loop is
+        alive and turning (it ticks at least every 0.5 s), with the connections it holds."""
+        server = self._server
+        if server is None or not self._thread.is_alive():
+            return {"ok": False, "error": "the DICOM listener is not running"}
+        idle_s = time.monotonic() - server.heartbeat
+        report: dict[str, object] = {
+            "ok": idle_s < 10.0, "associations": len(server.active_associations),
+            "max_associations": self.config.node.max_associations, "negotiating": server.pending_count(),
+            "refused": self.refusals.snapshot()}
+        if idle_s >= 10.0:
+            report["error"] = f"the accept loop has not turned for {idle_s:.0f} s"
+        return report
 
     # -- event handlers -------------------------------------------------------------------
 

@@ -1,0 +1,126 @@
+"""A C-STORE request whose command set pynetdicom cannot turn into a primitive (a UID over 64
+characters, a malformed UID) gets a failure status instead of aborting the association.
+
+pynetdicom validates UIDs while converting the received command set and, on failure, logs a
+traceback and aborts (Evt19). For a C-STORE-RQ the node answers instead: 0xA900 (Data Set does
+not match SOP Class: the UID is unusable) with the reason in Error Comment (PS3.7 C.4.2.1.4,
+PS3.4 B.2.3), discards the received data set, and the association goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
+from pynetdicom.utils import make_target
+
+from node.uids import uid_problem
+
+log = logging.getLogger(__name__)
+
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc)[:200].encode("unicode_escape").decode("ascii")
+
+
+def _text(value: Any) -> str:
+    return str(value or "").rstrip("\0 ")
+
+
+def store_failure(command: Any) -> tuple[int, str]:
+    """(status, reason) for a C-STORE-RQ command set pynetdicom refused to convert."""
+    for keyword, tag in (("AffectedSOPClassUID", "(0000,0002)"), ("AffectedSOPInstanceUID", "(0000,1000)")):
+        try:
+            value = _text(command.get(keyword))
+        except Exception:  # noqa: BLE001 - an undecodable element is itself the reason
+            return CANNOT_UNDERSTAND, f"{keyword} {tag} cannot be decoded"
+        problem = uid_problem(value)
+        if problem:
+            return DATASET_MISMATCH, f"{keyword} {tag} {problem}"
+    return CANNOT_UNDERSTAND, "the C-STORE-RQ command set cannot be understood"
+
+
+class GuardedDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, answering a C-STORE-RQ it cannot convert with a failure status."""
+
+    def receive_primitive(self, primitive: Any) -> None:
+        if self.message is None:
+            self.message = DIMSEMessage()
+        try:
+            if not self.message.decode_msg(primitive, self.assoc):
+                return
+        except Exception as exc:  # noqa: BLE001 - pynetdicom lets a garbage command set escape its reactor
+            self._discard(self.message)
+            self._reset()
+            log.warning("aborting association from %s: undecodable DIMSE command set (%s: %s)",
+                        self.assoc.requestor.address, type(exc).__name__, _one_line(exc))
+            self.dul.event_queue.put("Evt19")
+            return
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
+        context_id = int(self.message.context_id or 0)
+        message = self.message
+        try:
+            d_primitive = message.message_to_primitive()
+        except Exception as exc:  # noqa: BLE001 - pynetdicom raises ValueError/TypeError/KeyError here
+            self._reset()
+            if isinstance(message, C_STORE_RQ):
+                self._answer_store(message, context_id, exc)
+                return
+            self._discard(message)
+            log.warning("aborting association from %s: invalid %s message: %s: %s", self.assoc.requestor.address,
+                        type(message).__name__, type(exc).__name__, _one_line(exc))
+            self.dul.event_queue.put("Evt19")
+            return
+        if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
+            self.cancel_req[int(d_primitive.MessageIDBeingRespondedTo or 0)] = d_primitive
+        elif isinstance(d_primitive, N_EVENT_REPORT) and d_primitive.is_valid_request:
+            threading.Thread(target=make_target(self.assoc._serve_request),  # noqa: SLF001 - as pynetdicom does
+                             args=(d_primitive, context_id)).start()
+        else:
+            self.msg_queue.put((context_id, d_primitive))
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the message, as pynetdicom does after each one (its fix for issue #41)."""
+        self.message = None
+
+    @staticmethod
+    def _discard(message: Any) -> None:
+        """Remove the temporary file a C-STORE data set was streaming into: nothing is stored."""
+        temp = getattr(message, "_data_set_file", None)
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                temp.close()
+                os.unlink(temp.name)
+
+    def _answer_store(self, message: Any, context_id: int, exc: Exception) -> None:
+        self._discard(message)
+        command = message.command_set
+        status, reason = store_failure(command)
+        rsp = C_STORE()
+        try:
+            rsp.MessageIDBeingRespondedTo = int(command.MessageID)
+        except Exception:  # noqa: BLE001 - no Message ID: nothing to answer to
+            log.warning("aborting association from %s: C-STORE-RQ without a usable Message ID (%s)",
+                        self.assoc.requestor.address, reason)
+            self.dul.event_queue.put("Evt19")
+            return
+        class_uid = _text(command.get("AffectedSOPClassUID"))
+        if not uid_problem(class_uid):
+            rsp.AffectedSOPClassUID = class_uid
+        rsp.Status = status
+        rsp.ErrorComment = reason[:64]  # (0000,0902) LO
+        log.warning("refused instance from %s at %s: %s (status 0x%04X)", self.assoc.requestor.ae_title,
+                    self.assoc.requestor.address, reason, status)
+        log.debug("pynetdicom could not convert the C-STORE-RQ: %s", type(exc).__name__)
+        self.send_msg(rsp, context_id)
