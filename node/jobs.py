@@ -153,8 +153,10 @@ class JobRunner:
                         job.id, job.study_uid)
             return
         crash_point("outbox-committed")
-        keep = {Path(r["path"]).parent.name for r in self.index.query(
-            "SELECT path FROM outbox WHERE study_uid=? AND state IN (?,?)", (job.study_uid, PENDING, DEAD))}
+        # outputs/<study>/<version>/...: the versions an undelivered row still needs
+        needed = self.index.query("SELECT path FROM outbox WHERE study_uid=? AND state IN (?,?)",
+                                  (job.study_uid, PENDING, DEAD))
+        keep = {Path(r["path"]).parts[2] for r in needed if len(Path(r["path"]).parts) > 3}
         results_store.prune(self.storage_root, job.study_uid, keep)
 
     def _collect(self) -> None:

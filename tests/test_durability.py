@@ -5,6 +5,7 @@ superseded jobs. Results are counted at a dcmtk storescp, which keeps every copy
 from __future__ import annotations
 
 import collections
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,10 +18,10 @@ from pynetdicom.sop_class import PositronEmissionTomographyImageStorage
 
 from node.crashpoints import CRASH_ENV
 from tests.conftest import IN_CI
-from tests.peers import NodeProcess, StoreSCP, pid_children, wait_for
+from tests.peers import PEER_ENV, NodeProcess, StoreSCP, pid_children, wait_for
 from tests.test_ingest import acknowledged, dataset_bytes
 
-pytestmark = pytest.mark.peer
+peer = pytest.mark.peer  # every test here but the in-process ones runs real processes
 
 FAST_EXPORT = {"retry": {"first_s": 0.3, "max_s": 1.0, "give_up_after_h": 24}, "poll_s": 0.2}
 
@@ -121,6 +122,7 @@ INGEST_AND_JOB_POINTS = [
 ]
 
 
+@peer
 @pytest.mark.parametrize("point", [p for p, _ in INGEST_AND_JOB_POINTS])
 def test_crash_point(point: str, study, receiver, nodes, tmp_path: Path) -> None:
     files = study.pet_files
@@ -154,6 +156,7 @@ def test_crash_point(point: str, study, receiver, nodes, tmp_path: Path) -> None
     assert [v.name for v in versions] == [(n.root / "results" / study.truth["study_instance_uid"]).resolve().name]
 
 
+@peer
 @pytest.mark.parametrize("point", ["retention-claimed", "retention-files-deleted"])
 def test_crash_during_retention_never_resurrects(point: str, study, receiver, nodes, tmp_path: Path) -> None:
     files = study.pet_files
@@ -216,12 +219,13 @@ def _send(port: int, ae_title: str, items: list, sop_class: str = PositronEmissi
     return statuses
 
 
+@peer
 def test_disk_full_answers_a700_and_recovers(study, nodes, tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "1500k")
     try:
         n = make_node(nodes, tmp_path / "node", None, storage={"root": str(disk / "var"), "min_free_gb": 0},
-                      ingest={"stable_after_s": 600})  # no job: only ingest is under test
+                      ingest={"stable_after_s": 600, "force_after_s": 1200})  # no job: only ingest is under test
         n.root = disk / "var"
         n.start()
         files = study.pet_files[:40]
@@ -251,8 +255,9 @@ def test_disk_full_answers_a700_and_recovers(study, nodes, tmp_path: Path) -> No
 
 # -- duplicates, incomplete data, aborted transfers ---------------------------------------------
 
+@peer
 def test_duplicates_are_honest(study, nodes, tmp_path: Path) -> None:
-    n = make_node(nodes, tmp_path / "node", None, ingest={"stable_after_s": 600}).start()
+    n = make_node(nodes, tmp_path / "node", None, ingest={"stable_after_s": 600, "force_after_s": 1200}).start()
     original = study.pet_files[0]
     ds = pydicom.dcmread(original)
     changed = pydicom.dcmread(original)
@@ -273,8 +278,9 @@ def test_duplicates_are_honest(study, nodes, tmp_path: Path) -> None:
     assert list((n.root / "spool" / "tmp").iterdir()) == []
 
 
+@peer
 def test_incomplete_pixel_data_is_refused(study, nodes, tmp_path: Path) -> None:
-    n = make_node(nodes, tmp_path / "node", None, ingest={"stable_after_s": 600}).start()
+    n = make_node(nodes, tmp_path / "node", None, ingest={"stable_after_s": 600, "force_after_s": 1200}).start()
     short = pydicom.dcmread(study.pet_files[1])
     short.PixelData = short.PixelData[: len(short.PixelData) // 2]
     good = pydicom.dcmread(study.pet_files[2])
@@ -283,8 +289,9 @@ def test_incomplete_pixel_data_is_refused(study, nodes, tmp_path: Path) -> None:
     assert n.instance_count() == 1
 
 
+@peer
 def test_aborted_transfer_leaves_no_partial_file(study, nodes, tmp_path: Path) -> None:
-    n = make_node(nodes, tmp_path / "node", None, ingest={"stable_after_s": 600}).start()
+    n = make_node(nodes, tmp_path / "node", None, ingest={"stable_after_s": 600, "force_after_s": 1200}).start()
     big = tmp_path / "big.dcm"
     ds = pydicom.dcmread(study.pet_files[0])
     frames = 400  # ~50 MB: long enough to be cut off in the middle
@@ -293,11 +300,19 @@ def test_aborted_transfer_leaves_no_partial_file(study, nodes, tmp_path: Path) -
     ds.save_as(big)
     exe = shutil.which("storescu")
     assert exe is not None
-    proc = subprocess.Popen([exe, "-pm", "--max-pdu", "4096", "-aec", n.ae_title, "127.0.0.1", str(n.port), str(big)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"TCP_NODELAY": "1"})
+    proc = subprocess.Popen([exe, "--max-pdu", "4096", "-aec", n.ae_title, "127.0.0.1", str(n.port), str(big)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=PEER_ENV)
     tmp = n.root / "spool" / "tmp"
+
+    def partial() -> bool:
+        sizes = []
+        for p in tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                sizes.append(p.stat().st_size)
+        return any(s > 1_000_000 for s in sizes)
+
     try:
-        wait_for(lambda: any(p.stat().st_size > 1_000_000 for p in tmp.iterdir()), 60, "a partial file in spool/tmp")
+        wait_for(partial, 60, "a partial file in spool/tmp", interval=0.02)
     finally:
         proc.kill()  # the sender dies mid-transfer: the connection drops
         proc.wait(timeout=10)
@@ -309,6 +324,7 @@ def test_aborted_transfer_leaves_no_partial_file(study, nodes, tmp_path: Path) -
 
 # -- results: superseded jobs, torn files ------------------------------------------------------
 
+@peer
 def test_superseded_job_never_publishes(study, receiver, nodes, tmp_path: Path) -> None:
     late = study.ct_files[0]
     first = [f for f in study.files if f != late]
@@ -327,6 +343,7 @@ def test_superseded_job_never_publishes(study, receiver, nodes, tmp_path: Path) 
     assert "superseded by a newer job while it ran" in n.log()
 
 
+@peer
 def test_torn_result_file_is_retried_not_dead(study, receiver, nodes, tmp_path: Path) -> None:
     n = make_node(nodes, tmp_path / "node", receiver, env={CRASH_ENV: "outbox-committed"}).start()
     assert n.storescu(study.pet_files).returncode == 0
@@ -360,3 +377,61 @@ def test_result_uids_follow_the_inputs(tmp_path: Path) -> None:
     assert len(uids) == 4
 
 
+
+
+def test_retention_race_with_arrivals_and_crash(study, tmp_path: Path) -> None:
+    """In-process (real spool, index and DICOM files): an arrival before the claim keeps the study;
+    during the deletion it is answered 0xA700 and nothing of it is written; a crash after the files
+    were deleted is completed at start-up and reconciliation brings nothing back."""
+    import time
+
+    from node.index import Index
+    from node.ingest.ingestor import OUT_OF_RESOURCES, IngestError, Ingestor
+    from node.ingest.spool import Spool
+    from node.retention import _claim, _delete_files, apply_retention, finish_interrupted_deletions
+
+    root = tmp_path / "var"
+    spool, index = Spool(root), Index(root)
+    ingestor = Ingestor(spool, index, 10**9)
+    uid = study.truth["study_instance_uid"]
+
+    def put(f: Path):  # what the listener does: the received file in spool/tmp, then ingest
+        temp = spool.new_temp_path()
+        shutil.copyfile(f, temp)
+        try:
+            return ingestor.ingest(temp, source="dicom")
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def age(days: float) -> None:
+        with index.transaction() as c:
+            c.execute("UPDATE studies SET last_received=? WHERE study_uid=?", (time.time() - days * 86400, uid))
+
+    files = study.pet_files[:4]
+    put(files[0])
+    put(files[1])
+    age(40)
+    put(files[2])  # arrives before retention looks: last_received is now recent
+    report = apply_retention(index, root, inputs_days=30, results_days=None)
+    assert report.studies_deleted == 0 and index.query("SELECT COUNT(*) FROM instances")[0][0] == 3
+    age(40)
+    paths = _claim(index, uid, time.time() - 30 * 86400)
+    assert paths is not None and len(paths) == 3 and index.study_state(uid) == "deleting"
+    with pytest.raises(IngestError) as refused:
+        put(files[3])  # arrives while retention deletes: retry later, nothing written
+    assert refused.value.status == OUT_OF_RESOURCES and "being deleted by retention" in refused.value.reason
+    with pytest.raises(IngestError):
+        put(files[0])  # even a copy of a stored instance: not acknowledged into a study being deleted
+    assert ingestor.reconcile() == 0  # files of a 'deleting' study are never re-indexed
+    _delete_files(root, uid, paths[:2], whole_folder=False)  # ... and the node crashes here
+    index.close()
+    index = Index(root)  # restart
+    ingestor = Ingestor(Spool(root), index, 10**9)
+    assert finish_interrupted_deletions(index, root) == 1
+    assert ingestor.reconcile() == 0
+    assert index.study_state(uid) == "deleted"
+    assert index.query("SELECT COUNT(*) FROM instances")[0][0] == 0
+    assert not (root / "studies" / uid).exists()
+    # The sender's retry after the deletion: stored as a new arrival, the study re-opened.
+    outcome = put(files[3])
+    assert outcome.stored and (root / outcome.record.path).is_file() and index.study_state(uid) == "receiving"

@@ -279,11 +279,11 @@ class Ingestor:
                                                 f"Affected SOP Instance UID {affected_sop_uid}")
         final = self.spool.instance_path(probe.study_uid, probe.series_uid, probe.sop_instance_uid)
         record = replace(probe, path=str(final.relative_to(self.spool.root)))
+        if self.index.study_state(record.study_uid) == DELETING:
+            raise IngestError(OUT_OF_RESOURCES, f"study {record.study_uid} is being deleted by retention; retry later")
         duplicate = self._duplicate(temp, record)
         if duplicate is not None:
             return duplicate
-        if self.index.study_state(record.study_uid) == DELETING:
-            raise IngestError(OUT_OF_RESOURCES, f"study {record.study_uid} is being deleted by retention; retry later")
         newly_written = self.spool.commit(temp, final, synced=True)
         if not newly_written and not same_dataset(final, temp):
             # A file no index row describes yet (a crash between link and commit): start-up reconciliation
