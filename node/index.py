@@ -87,10 +87,17 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
     CREATE INDEX outbox_by_job ON outbox(job_id);
     """,
+    # 3: the SHA-256 of each result file as published: a torn or changed file is never sent
+    """
+    ALTER TABLE outbox ADD COLUMN sha256 TEXT;
+    """,
 )
 
 # Outbox states
 DELIVERED, DEAD = "delivered", "dead"
+
+# (destination, kind, path, sop_instance_uid, sop_class_uid, sha256 of the file or None)
+Delivery = tuple[str | None, ...]
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,7 @@ class OutboxItem:
     sop_class_uid: str
     attempts: int
     created_at: float
+    sha256: str | None = None
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -333,11 +341,10 @@ class Index:
             return Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
 
     def finish_job(self, job_id: int, result: dict[str, Any] | None, error: str | None,
-                   deliveries: Sequence[tuple[str, str, str, str, str]] = (),
-                   publish: Callable[[], tuple[dict[str, Any], Sequence[tuple[str, str, str, str, str]]]] | None = None,
-                   ) -> bool:
+                   deliveries: Sequence[Delivery] = (),
+                   publish: Callable[[], tuple[dict[str, Any], Sequence[Delivery]]] | None = None) -> bool:
         """Record the outcome and, in the same transaction, one outbox row per (object, destination):
-        deliveries = [(destination, kind, path, sop_instance_uid, sop_class_uid)].
+        deliveries = [(destination, kind, path, sop_instance_uid, sop_class_uid[, sha256])].
 
         A job that a newer job of its study superseded while it ran never publishes: it ends
         'superseded' and False is returned. Otherwise `publish` (if given) runs inside the
@@ -363,16 +370,17 @@ class Index:
                 c.execute("UPDATE outbox SET state=?, last_error=? WHERE study_uid=? AND job_id<>? AND state IN (?,?)",
                           (SUPERSEDED, f"superseded by the results of job {job_id}", row["study_uid"], job_id,
                            PENDING, DEAD))
-            for destination, kind, path, sop_uid, sop_class in deliveries:
+            for destination, kind, path, sop_uid, sop_class, *digest in deliveries:
                 c.execute(
                     "INSERT INTO outbox (job_id, study_uid, destination, kind, path, sop_instance_uid, sop_class_uid,"
-                    " state, attempts, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,0,?,?)"
+                    " state, attempts, next_attempt_at, created_at, sha256) VALUES (?,?,?,?,?,?,?,?,0,?,?,?)"
                     " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET job_id=excluded.job_id,"
-                    " path=excluded.path, state=CASE WHEN outbox.state=? THEN outbox.state ELSE excluded.state END,"
+                    " path=excluded.path, sha256=excluded.sha256,"
+                    " state=CASE WHEN outbox.state=? THEN outbox.state ELSE excluded.state END,"
                     " attempts=0, next_attempt_at=excluded.next_attempt_at, created_at=excluded.created_at,"
                     " last_error=NULL",
                     (job_id, row["study_uid"], destination, kind, path, sop_uid, sop_class, PENDING, now, now,
-                     DELIVERED))
+                     digest[0] if digest else None, DELIVERED))
         return True
 
     # -- outbox ------------------------------------------------------------------------------
@@ -385,7 +393,7 @@ class Index:
         for r in rows:
             out.setdefault(r["destination"], []).append(OutboxItem(
                 r["id"], r["job_id"], r["study_uid"], r["destination"], r["kind"], r["path"], r["sop_instance_uid"],
-                r["sop_class_uid"], r["attempts"], r["created_at"]))
+                r["sop_class_uid"], r["attempts"], r["created_at"], r["sha256"]))
         return out
 
     def delivery_outcome(self, item_id: int, state: str, error: str | None = None, warning: str | None = None,

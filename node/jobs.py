@@ -19,7 +19,7 @@ from typing import Any
 from node import results_store
 from node.compare.study import ComparisonSettings
 from node.crashpoints import crash_point
-from node.index import DEAD, PENDING, Index, Job
+from node.index import DEAD, PENDING, Delivery, Index, Job
 from node.logs import current_setup, setup_logging
 from node.metrics import Metrics
 from node.pipeline import JobError, run_job
@@ -130,14 +130,14 @@ class JobRunner:
         of the study superseded it meanwhile (Index.finish_job decides under the index lock)."""
         staging = self.storage_root / result["staging"]
 
-        def publish() -> tuple[dict[str, Any], list[tuple[str, str, str, str, str]]]:
+        def publish() -> tuple[dict[str, Any], list[Delivery]]:
             version = results_store.publish(self.storage_root, job.study_uid, staging, f"job-{job.id}-{job.attempts}")
             crash_point("results-published")  # durable and linked, outbox not yet committed
             rel = version.relative_to(self.storage_root)
             objects = [{**o, "path": str(rel / o["path"])} for o in result.get("objects", [])]
             final = {**{k: v for k, v in result.items() if k != "staging"}, "version_dir": str(rel),
                      "objects": objects, "files": [f"{result['results_dir']}/{f}" for f in result.get("files", [])]}
-            deliveries = [(d.name, o["kind"], o["path"], o["sop_instance_uid"], o["sop_class_uid"])
+            deliveries = [(d.name, o["kind"], o["path"], o["sop_instance_uid"], o["sop_class_uid"], o.get("sha256"))
                           for o in objects for d in self.destinations if o["kind"] in d.send]
             return final, deliveries
 

@@ -7,6 +7,7 @@ folder (node.results_store) only if the job was not superseded meanwhile.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -127,7 +128,8 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
         if path.suffix == ".dcm":
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             objects.append({"kind": path.stem.split("-")[0], "path": str(path.relative_to(staging)),
-                            "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID)})
+                            "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
     # Paths are relative to the staging folder until the service publishes it (JobRunner._finish).
     return {"study_instance_uid": study_uid, "staging": str(staging.relative_to(storage_root)),
             "results_dir": f"results/{study_uid}", "inputs_digest": inputs,

@@ -33,6 +33,22 @@ def study(tmp_path_factory: pytest.TempPathFactory):
     return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=31, noise=0.15))
 
 
+@pytest.fixture(scope="module")
+def short(study, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The first 40 PET slices as a complete series of their own (NumberOfSlices 40, PS3.3
+    C.8.9.4.1.9): a third of the processing time of the whole series, for tests that run a job
+    more than once."""
+    out = tmp_path_factory.mktemp("short")
+    by_index = sorted((int(pydicom.dcmread(f, stop_before_pixels=True).ImageIndex), f) for f in study.pet_files)
+    files = []
+    for _, f in by_index[:40]:
+        ds = pydicom.dcmread(f)
+        ds.NumberOfSlices = 40
+        ds.save_as(out / f.name)
+        files.append(out / f.name)
+    return files
+
+
 @pytest.fixture
 def receiver(tmp_path: Path):
     scp = StoreSCP(tmp_path / "scp").start()
@@ -108,8 +124,8 @@ def assert_clean(n: NodeProcess) -> None:
 
 # -- the crash matrix --------------------------------------------------------------------------
 
-# (point, what happens there). A count after ':' picks the n-th pass (receive-write: per P-DATA
-# fragment written; the 40th lands inside the third or fourth instance of the push).
+# (point, what happens there). A count after ':' picks the n-th pass (receive-write: per write of a
+# P-DATA fragment; the 40th lands inside about the fifth instance of the push).
 INGEST_AND_JOB_POINTS = [
     ("receive-write:40", "mid-receive: a data set half written to spool/tmp"),
     ("ingest-linked:5", "after fsync and link, before the index commit"),
@@ -122,16 +138,41 @@ INGEST_AND_JOB_POINTS = [
 ]
 
 
+def crash_landed(point: str, n: NodeProcess, receiver: StoreSCP, acked: list[str]) -> None:
+    """The state the dead node left proves the kill hit the intended place."""
+    name = point.split(":")[0]
+    rows = n.db("SELECT COUNT(*) FROM instances")[0][0]
+    outbox = collections.Counter(r["state"] for r in n.db("SELECT state FROM outbox"))
+    partial = list((n.root / "spool" / "tmp").iterdir())
+    if name == "receive-write":
+        assert len(partial) == 1 and rows == len(acked) and 1 <= len(acked) < 10
+    elif name == "ingest-linked":
+        assert len(acked) == 4 and rows == 4 and len(unindexed_files(n)[0]) == 1
+    elif name == "ingest-indexed":
+        assert len(acked) == 4 and rows == 5
+    elif name in ("job-running", "job-staged", "results-published"):
+        assert [j["state"] for j in n.jobs()] == ["running"] and not outbox
+        staged = list((n.root / "outputs" / ".staging").glob("*"))
+        published = (n.root / "results").exists()
+        assert (len(staged), published) == {"job-running": (0, False), "job-staged": (1, False),
+                                             "results-published": (0, True)}[name]
+    elif name == "outbox-committed":
+        assert outbox == {"pending": len(outbox and n.db("SELECT * FROM outbox"))} and receiver.received() == []
+    elif name == "export-recorded":
+        assert outbox["delivered"] == 1 and outbox["pending"] >= 1 and len(receiver.received()) == 1
+
+
 @peer
 @pytest.mark.parametrize("point", [p for p, _ in INGEST_AND_JOB_POINTS])
-def test_crash_point(point: str, study, receiver, nodes, tmp_path: Path) -> None:
-    files = study.pet_files
+def test_crash_point(point: str, study, short, receiver, nodes, tmp_path: Path) -> None:
+    files = short
     n = make_node(nodes, tmp_path / "node", receiver, env={CRASH_ENV: point}).start()
     workers = wait_for_workers(n)
     first = n.storescu(files, "-v")
     assert n.proc is not None
     wait_for(lambda: n.proc.poll() is not None, 120, f"the node to die at {point}")
     acked = acknowledged(first.stdout)
+    crash_landed(point, n, receiver, acked)
     # No orphan: every child of the dead node exits by itself (parent-death watchdog).
     wait_for(lambda: not any(alive(p) for p in workers), 20, "the workers to exit with their parent")
     n.env.pop(CRASH_ENV)
@@ -158,8 +199,8 @@ def test_crash_point(point: str, study, receiver, nodes, tmp_path: Path) -> None
 
 @peer
 @pytest.mark.parametrize("point", ["retention-claimed", "retention-files-deleted"])
-def test_crash_during_retention_never_resurrects(point: str, study, receiver, nodes, tmp_path: Path) -> None:
-    files = study.pet_files
+def test_crash_during_retention_never_resurrects(point: str, study, short, receiver, nodes, tmp_path: Path) -> None:
+    files = short
     n = make_node(nodes, tmp_path / "node", receiver).start()
     assert n.storescu(files).returncode == 0
     wait_for(lambda: settled(n), 180, "the job done and its results delivered")
@@ -344,9 +385,9 @@ def test_superseded_job_never_publishes(study, receiver, nodes, tmp_path: Path) 
 
 
 @peer
-def test_torn_result_file_is_retried_not_dead(study, receiver, nodes, tmp_path: Path) -> None:
+def test_torn_result_file_is_retried_not_dead(short, receiver, nodes, tmp_path: Path) -> None:
     n = make_node(nodes, tmp_path / "node", receiver, env={CRASH_ENV: "outbox-committed"}).start()
-    assert n.storescu(study.pet_files).returncode == 0
+    assert n.storescu(short).returncode == 0
     assert n.proc is not None
     wait_for(lambda: n.proc.poll() is not None, 180, "the node to die after committing the outbox")
     rows = n.db("SELECT * FROM outbox")

@@ -7,6 +7,7 @@ objects are never sent again: each outcome is committed as its response arrives.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -16,7 +17,7 @@ from pathlib import Path
 from node.audit import AuditLog
 from node.config import NodeConfig
 from node.crashpoints import crash_point
-from node.export.base import DEAD, DELIVERED, Outcome, Parcel, Target, make_target
+from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Target, make_target
 from node.index import PENDING, Index, OutboxItem
 from node.metrics import Metrics
 from node.periodic import Periodic
@@ -31,6 +32,18 @@ def backoff_s(attempts: int, first_s: float, max_s: float, rng: random.Random) -
     """Wait before the next try after `attempts` failures: first_s x 2^(attempts-1), capped, +-50 %."""
     base = min(max_s, first_s * 2 ** max(attempts - 1, 0))
     return base * rng.uniform(0.5, 1.5)
+
+
+def intact(path: Path, sha256: str | None) -> str | None:
+    """Why a result file cannot be sent as published (None: it can). Retried, not dead-lettered:
+    a restored file or disk makes it sendable; export.retry.give_up_after_h ends the tries."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"result file missing or unreadable: {exc.strerror or exc}"
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        return f"result file missing or unreadable: {path.name} is not what was published (torn or changed)"
+    return None
 
 
 class Sender:
@@ -67,10 +80,15 @@ class Sender:
                 for item in items:
                     self.index.delivery_outcome(item.id, DEAD, f"destination {name!r} is no longer configured")
                 continue
-            parcels = [Parcel(i.id, self.root / i.path, i.sop_instance_uid, i.sop_class_uid, i.study_uid)
-                       for i in items]
             by_id = {i.id: i for i in items}
             recorded: dict[int, Outcome] = {}
+            for item in items:  # a file that is not what was published (torn, changed, gone) is never sent
+                problem = intact(self.root / item.path, item.sha256)
+                if problem:
+                    recorded[item.id] = Outcome(RETRY, problem)
+                    self._record_one(name, item, recorded[item.id])
+            parcels = [Parcel(i.id, self.root / i.path, i.sop_instance_uid, i.sop_class_uid, i.study_uid)
+                       for i in items if i.id not in recorded]
 
             def report(item_id: int, outcome: Outcome, name: str = name, by_id: dict = by_id,
                        recorded: dict = recorded) -> None:
@@ -81,7 +99,7 @@ class Sender:
                     crash_point("export-recorded")
 
             try:
-                outcomes = self._target(name).send(parcels, report)
+                outcomes = self._target(name).send(parcels, report) if parcels else {}
             except Exception as exc:
                 log.exception("destination %s failed", name)
                 outcomes = {p.item_id: Outcome("retry", f"{type(exc).__name__}: {exc}") for p in parcels}
