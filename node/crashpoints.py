@@ -4,8 +4,8 @@ time (default: first) execution passes `crash_point(<point>)`.
 This exists only so tests can kill -9 `serve` at exact places (between an fsync and an
 acknowledgement, between publishing results and committing the outbox, ...) and check that a
 restart loses nothing accepted and sends nothing twice. Unset in production, it costs one dict
-lookup. In a worker process the hook kills the parent (`serve`) and lets the worker go on, so the
-worker's own parent-death watchdog is exercised too.
+lookup. In a worker process the hook kills the parent (`serve`) and then blocks, as a worker busy
+with a job would: only the worker's own parent-death watchdog (node.jobs) can end it.
 """
 
 from __future__ import annotations
@@ -40,5 +40,5 @@ def crash_point(name: str) -> None:
             return
     if multiprocessing.parent_process() is not None:  # a worker: kill `serve`, not ourselves
         os.kill(os.getppid(), signal.SIGKILL)
-        return
+        threading.Event().wait()
     os.kill(os.getpid(), signal.SIGKILL)

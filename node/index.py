@@ -237,6 +237,11 @@ class Index:
                 if durable:
                     self._conn.execute("PRAGMA synchronous=NORMAL")
 
+    @property
+    def lock(self) -> threading.RLock:
+        """This process's index lock (re-entrant): held, no other thread of the process reads or writes."""
+        return self._lock
+
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()

@@ -142,7 +142,10 @@ class JobRunner:
             return final, deliveries
 
         try:
-            published = self.index.finish_job(job.id, None, None, publish=publish)
+            with self.index.lock:  # (the crash hook below fires before the sender can read the new rows)
+                published = self.index.finish_job(job.id, None, None, publish=publish)
+                if published:
+                    crash_point("outbox-committed")
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
             self.index.finish_job(job.id, None, f"results could not be published: {type(exc).__name__}: {exc}")
@@ -152,7 +155,6 @@ class JobRunner:
             log.warning("job %d of study %s was superseded by a newer job while it ran: results not published",
                         job.id, job.study_uid)
             return
-        crash_point("outbox-committed")
         # outputs/<study>/<version>/...: the versions an undelivered row still needs
         needed = self.index.query("SELECT path FROM outbox WHERE study_uid=? AND state IN (?,?)",
                                   (job.study_uid, PENDING, DEAD))

@@ -97,14 +97,14 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
     except Exception as exc:
         log.exception("study %s: relating to earlier scans failed", study_uid)
         doc["comparison"] = {"error": f"{type(exc).__name__}: {exc}"}
-    staging = new_staging(storage_root, study_uid)
+    crash_point("job-running")  # computed, nothing written
     # Inputs: every instance, every prior used, and the findings themselves (a TSH sidecar or anything
     # else that changes the content changes the UIDs); timings excluded, they differ on every run.
     findings = json.dumps([{k: v for k, v in d.items() if k != "seconds"} for _, d in results], sort_keys=True,
                           default=str).encode()
     inputs = inputs_digest([p.stem for s in series.values() for p in s.paths],
                            [*_priors_used(storage_root, study_uid, [d for _, d in results]), ("findings", findings)])
-    crash_point("job-running")
+    staging = new_staging(storage_root, study_uid)
     try:
         written = stage_outputs(staging, results, settings, prior_view, inputs)
     except BaseException:

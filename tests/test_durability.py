@@ -171,7 +171,7 @@ def test_crash_point(point: str, study, short, receiver, nodes, tmp_path: Path) 
     first = n.storescu(files, "-v")
     assert n.proc is not None
     wait_for(lambda: n.proc.poll() is not None, 120, f"the node to die at {point}")
-    acked = acknowledged(first.stdout)
+    acked = acknowledged(first.stdout + first.stderr)
     crash_landed(point, n, receiver, acked)
     # No orphan: every child of the dead node exits by itself (parent-death watchdog).
     wait_for(lambda: not any(alive(p) for p in workers), 20, "the workers to exit with their parent")
