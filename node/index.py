@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,12 @@ INDEX_FILE = "index.sqlite3"
 # before it ran becomes superseded (a newer job replaces it).
 PENDING, RUNNING, DONE, FAILED, SUPERSEDED = "pending", "running", "done", "failed", "superseded"
 
-# Study states.
-RECEIVING, QUEUED, NO_PET = "receiving", "queued", "no-pet"
+# Study states. deleting/deleted: retention (node.retention) is removing / has removed the inputs.
+RECEIVING, QUEUED, NO_PET, DELETING, DELETED = "receiving", "queued", "no-pet", "deleting", "deleted"
+
+
+class StudyBeingDeleted(Exception):
+    """An instance of a study whose inputs retention is deleting right now: the sender retries later."""
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -83,10 +87,17 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
     CREATE INDEX outbox_by_job ON outbox(job_id);
     """,
+    # 3: the SHA-256 of each result file as published: a torn or changed file is never sent
+    """
+    ALTER TABLE outbox ADD COLUMN sha256 TEXT;
+    """,
 )
 
 # Outbox states
 DELIVERED, DEAD = "delivered", "dead"
+
+# (destination, kind, path, sop_instance_uid, sop_class_uid, sha256 of the file or None)
+Delivery = tuple[str | None, ...]
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class OutboxItem:
     sop_class_uid: str
     attempts: int
     created_at: float
+    sha256: str | None = None
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -206,15 +218,29 @@ class Index:
             self._conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under this process's lock. durable: the commit is fsynced
+        (synchronous=FULL) before it returns, for commits that must survive a power loss because
+        files are deleted next (retention)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if durable:
+                self._conn.execute("PRAGMA synchronous=FULL")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            finally:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    @property
+    def lock(self) -> threading.RLock:
+        """This process's index lock (re-entrant): held, no other thread of the process reads or writes."""
+        return self._lock
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -222,17 +248,25 @@ class Index:
 
     # -- instances ---------------------------------------------------------------------------
 
+    def study_state(self, study_uid: str) -> str | None:
+        rows = self.query("SELECT state FROM studies WHERE study_uid=?", (study_uid,))
+        return rows[0]["state"] if rows else None
+
     def has_instance(self, sop_instance_uid: str) -> bool:
         return bool(self.query("SELECT 1 FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)))
 
     def add_instance(self, rec: InstanceRecord, source: str, calling_ae: str, now: float | None = None) -> bool:
         """Index a stored instance; False if it was already there (idempotent, counted once).
-        New data re-opens a study that was queued or processed: its pending job is superseded."""
+        New data re-opens a study that was queued or processed: its pending job is superseded.
+        Raises StudyBeingDeleted while retention deletes the study's inputs (checked under the lock
+        retention claims the study with, so one of the two always sees the other)."""
         now = time.time() if now is None else now
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM instances WHERE sop_instance_uid=?", (rec.sop_instance_uid,)).fetchone():
                 return False
             study = c.execute("SELECT state FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
+            if study is not None and study["state"] == DELETING:
+                raise StudyBeingDeleted(rec.study_uid)
             if study is None:
                 c.execute(
                     "INSERT INTO studies (study_uid, patient_id, issuer_of_patient_id, patient_name,"
@@ -312,24 +346,47 @@ class Index:
             return Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
 
     def finish_job(self, job_id: int, result: dict[str, Any] | None, error: str | None,
-                   deliveries: list[tuple[str, str, str, str, str]] = ()) -> None:
+                   deliveries: Sequence[Delivery] = (),
+                   publish: Callable[[], tuple[dict[str, Any], Sequence[Delivery]]] | None = None) -> bool:
         """Record the outcome and, in the same transaction, one outbox row per (object, destination):
-        deliveries = [(destination, kind, path, sop_instance_uid, sop_class_uid)]. An object already
-        in the outbox (same UID: reprocessing gives the same UIDs) is queued again with the new file."""
+        deliveries = [(destination, kind, path, sop_instance_uid, sop_class_uid[, sha256])].
+
+        A job that a newer job of its study superseded while it ran never publishes: it ends
+        'superseded' and False is returned. Otherwise `publish` (if given) runs inside the
+        transaction, under the index lock, after that check: it puts the durable result files in
+        place and returns (result, deliveries); the outbox rows are committed only after it.
+        Undelivered rows of the study's older jobs are superseded: stale results are never sent."""
         now = time.time()
         with self.transaction() as c:
-            row = c.execute("SELECT study_uid FROM jobs WHERE id=?", (job_id,)).fetchone()
+            row = c.execute("SELECT study_uid, superseded_by, state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no job with id {job_id}")
+            if row["superseded_by"] is not None or row["state"] == SUPERSEDED:
+                c.execute("UPDATE jobs SET state=?, finished_at=?, error=? WHERE id=?",
+                          (SUPERSEDED, now, f"superseded by job {row['superseded_by']} while it ran; "
+                                            "its results were not published", job_id))
+                return False
+            if error is None and publish is not None:
+                result, deliveries = publish()
             c.execute("UPDATE jobs SET state=?, finished_at=?, result=?, error=? WHERE id=?",
                       (FAILED if error else DONE, now, json.dumps(result) if result is not None else None,
                        error, job_id))
-            for destination, kind, path, sop_uid, sop_class in deliveries:
+            if deliveries:
+                c.execute("UPDATE outbox SET state=?, last_error=? WHERE study_uid=? AND job_id<>? AND state IN (?,?)",
+                          (SUPERSEDED, f"superseded by the results of job {job_id}", row["study_uid"], job_id,
+                           PENDING, DEAD))
+            for destination, kind, path, sop_uid, sop_class, *digest in deliveries:
                 c.execute(
                     "INSERT INTO outbox (job_id, study_uid, destination, kind, path, sop_instance_uid, sop_class_uid,"
-                    " state, attempts, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,0,?,?)"
+                    " state, attempts, next_attempt_at, created_at, sha256) VALUES (?,?,?,?,?,?,?,?,0,?,?,?)"
                     " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET job_id=excluded.job_id,"
-                    " path=excluded.path, state=excluded.state, attempts=0, next_attempt_at=excluded.next_attempt_at,"
-                    " created_at=excluded.created_at, delivered_at=NULL, last_error=NULL, warning=NULL",
-                    (job_id, row["study_uid"], destination, kind, path, sop_uid, sop_class, PENDING, now, now))
+                    " path=excluded.path, sha256=excluded.sha256,"
+                    " state=CASE WHEN outbox.state=? THEN outbox.state ELSE excluded.state END,"
+                    " attempts=0, next_attempt_at=excluded.next_attempt_at, created_at=excluded.created_at,"
+                    " last_error=NULL",
+                    (job_id, row["study_uid"], destination, kind, path, sop_uid, sop_class, PENDING, now, now,
+                     digest[0] if digest else None, DELIVERED))
+        return True
 
     # -- outbox ------------------------------------------------------------------------------
 
@@ -341,15 +398,18 @@ class Index:
         for r in rows:
             out.setdefault(r["destination"], []).append(OutboxItem(
                 r["id"], r["job_id"], r["study_uid"], r["destination"], r["kind"], r["path"], r["sop_instance_uid"],
-                r["sop_class_uid"], r["attempts"], r["created_at"]))
+                r["sop_class_uid"], r["attempts"], r["created_at"], r["sha256"]))
         return out
 
     def delivery_outcome(self, item_id: int, state: str, error: str | None = None, warning: str | None = None,
                          next_attempt_at: float | None = None) -> None:
+        """Record one send's outcome at once (a crash after it never re-sends a confirmed object).
+        A row superseded meanwhile stays superseded unless it was in fact delivered."""
         with self.transaction() as c:
             c.execute("UPDATE outbox SET state=?, attempts=attempts+1, last_error=?, warning=?, next_attempt_at="
                       "COALESCE(?, next_attempt_at), delivered_at=CASE WHEN ?='delivered' THEN ? ELSE NULL END"
-                      " WHERE id=?", (state, error, warning, next_attempt_at, state, time.time(), item_id))
+                      " WHERE id=? AND (state<>? OR ?=?)", (state, error, warning, next_attempt_at, state, time.time(),
+                                                            item_id, SUPERSEDED, state, DELIVERED))
 
     def deliveries(self, job_id: int | None = None) -> list[sqlite3.Row]:
         if job_id is None:
@@ -372,12 +432,16 @@ class Index:
                 raise KeyError(f"no job with id {job_id}")
             if row["state"] in (PENDING, RUNNING):
                 raise ValueError(f"job {job_id} is {row['state']}; only failed or done jobs can be retried")
+            if row["superseded_by"] is not None:
+                raise ValueError(f"job {job_id} was superseded by job {row['superseded_by']}; retry that one")
             c.execute("UPDATE jobs SET state=?, error=NULL, finished_at=NULL WHERE id=?", (PENDING, job_id))
             return Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
 
     def recover_after_restart(self) -> int:
         """Jobs left running by a crash go back to pending; returns how many."""
         with self.transaction() as c:
+            c.execute("UPDATE jobs SET state=?, finished_at=?, error=? WHERE state=? AND superseded_by IS NOT NULL",
+                      (SUPERSEDED, time.time(), "interrupted by a node restart after a newer job replaced it", RUNNING))
             cur = c.execute("UPDATE jobs SET state=?, error=? WHERE state=?",
                             (PENDING, "interrupted by a node restart; queued again", RUNNING))
             return cur.rowcount

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import resource
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -14,8 +16,10 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from node import results_store
 from node.compare.study import ComparisonSettings
-from node.index import Index, Job
+from node.crashpoints import crash_point
+from node.index import DEAD, PENDING, Delivery, Index, Job
 from node.logs import current_setup, setup_logging
 from node.metrics import Metrics
 from node.pipeline import JobError, run_job
@@ -29,7 +33,24 @@ def warm_up() -> None:
     import node.quant.study  # noqa: F401
 
 
+def _exit_with_parent() -> None:
+    """Die with `serve`: a worker whose parent was killed (kill -9, OOM killer) would otherwise live
+    on under PID 1, holding memory and writing results nobody publishes. multiprocessing gives a
+    spawned child a pipe from its parent (the parent sentinel); it reads as closed when the parent
+    dies, whoever killed it."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # waits on the sentinel pipe
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _init_worker(max_memory_mb: int | None, log_level: int, log_format: str) -> None:
+    _exit_with_parent()
     setup_logging(log_level, log_format)
     if max_memory_mb:
         limit = max_memory_mb * 1024 * 1024
@@ -104,6 +125,42 @@ class JobRunner:
                                    self.settings, self.comparison)
         self._running[future] = job
 
+    def _finish(self, job: Job, result: dict[str, Any]) -> None:
+        """Publish a finished job's staged results and queue them for delivery, unless a newer job
+        of the study superseded it meanwhile (Index.finish_job decides under the index lock)."""
+        staging = self.storage_root / result["staging"]
+
+        def publish() -> tuple[dict[str, Any], list[Delivery]]:
+            version = results_store.publish(self.storage_root, job.study_uid, staging, f"job-{job.id}-{job.attempts}")
+            crash_point("results-published")  # durable and linked, outbox not yet committed
+            rel = version.relative_to(self.storage_root)
+            objects = [{**o, "path": str(rel / o["path"])} for o in result.get("objects", [])]
+            final = {**{k: v for k, v in result.items() if k != "staging"}, "version_dir": str(rel),
+                     "objects": objects, "files": [f"{result['results_dir']}/{f}" for f in result.get("files", [])]}
+            deliveries = [(d.name, o["kind"], o["path"], o["sop_instance_uid"], o["sop_class_uid"], o.get("sha256"))
+                          for o in objects for d in self.destinations if o["kind"] in d.send]
+            return final, deliveries
+
+        try:
+            with self.index.lock:  # (the crash hook below fires before the sender can read the new rows)
+                published = self.index.finish_job(job.id, None, None, publish=publish)
+                if published:
+                    crash_point("outbox-committed")
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.index.finish_job(job.id, None, f"results could not be published: {type(exc).__name__}: {exc}")
+            raise
+        if not published:
+            shutil.rmtree(staging, ignore_errors=True)
+            log.warning("job %d of study %s was superseded by a newer job while it ran: results not published",
+                        job.id, job.study_uid)
+            return
+        # outputs/<study>/<version>/...: the versions an undelivered row still needs
+        needed = self.index.query("SELECT path FROM outbox WHERE study_uid=? AND state IN (?,?)",
+                                  (job.study_uid, PENDING, DEAD))
+        keep = {Path(r["path"]).parts[2] for r in needed if len(Path(r["path"]).parts) > 3}
+        results_store.prune(self.storage_root, job.study_uid, keep)
+
     def _collect(self) -> None:
         broken = False
         for future in [f for f in self._running if f.done()]:
@@ -126,9 +183,7 @@ class JobRunner:
                 self.index.finish_job(job.id, None, f"{type(exc).__name__}: {exc}")
                 log.exception("job %d failed", job.id)
             else:
-                deliveries = [(d.name, o["kind"], o["path"], o["sop_instance_uid"], o["sop_class_uid"])
-                              for o in result.get("objects", []) for d in self.destinations if o["kind"] in d.send]
-                self.index.finish_job(job.id, result, None, deliveries)
+                self._finish(job, result)
                 if self.metrics:
                     self.metrics.observe_processing(elapsed)
                 found = ", ".join(f"{s['lesions']} foci ({s['metastases']} metastases, {s['avid']} avid)"

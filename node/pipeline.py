@@ -1,14 +1,17 @@
 """What a job does, run inside a worker process (never in the listener's process).
 
 `quantify` runs the same study pipeline as `iodine-node process` on the series the completion
-rules selected, and writes results under storage.root/results/<StudyInstanceUID>/.
+rules selected and writes its results, fsynced, into a staging folder; the service publishes that
+folder (node.results_store) only if the job was not superseded meanwhile.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -22,6 +25,8 @@ import pydicom
 from node.compare.priors import retrieve_priors, was_retrieved
 from node.compare.register import coarse
 from node.compare.study import ComparisonSettings, ScanView, ct_on_coarse_grid, inherit_tracking, relate_scans
+from node.crashpoints import crash_point
+from node.encode.identity import inputs_digest
 from node.encode.sc import PriorView
 from node.index import INDEX_FILE
 from node.quant.study import (
@@ -30,10 +35,10 @@ from node.quant.study import (
     StudyError,
     process_study,
     suv_volume_of,
-    write_study_outputs,
 )
 from node.quant.suv import SuvError
 from node.quant.volume import VolumeError
+from node.results_store import new_staging, publish, stage_outputs
 from node.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -92,8 +97,20 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
     except Exception as exc:
         log.exception("study %s: relating to earlier scans failed", study_uid)
         doc["comparison"] = {"error": f"{type(exc).__name__}: {exc}"}
-    out_dir = storage_root / "results" / study_uid
-    written = write_study_outputs(out_dir, results, settings, prior_view)
+    crash_point("job-running")  # computed, nothing written
+    # Inputs: every instance, every prior used, and the findings themselves (a TSH sidecar or anything
+    # else that changes the content changes the UIDs); timings excluded, they differ on every run.
+    findings = json.dumps([{k: v for k, v in d.items() if k != "seconds"} for _, d in results], sort_keys=True,
+                          default=str).encode()
+    inputs = inputs_digest([p.stem for s in series.values() for p in s.paths],
+                           [*_priors_used(storage_root, study_uid, [d for _, d in results]), ("findings", findings)])
+    staging = new_staging(storage_root, study_uid)
+    try:
+        written = stage_outputs(staging, results, settings, prior_view, inputs)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    crash_point("job-staged")
     summary = []
     for result, doc in results:
         lesions = doc["lesions"]
@@ -110,10 +127,25 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
     for path in written:
         if path.suffix == ".dcm":
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            objects.append({"kind": path.stem.split("-")[0], "path": str(path.relative_to(storage_root)),
-                            "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID)})
-    return {"study_instance_uid": study_uid, "results_dir": str(out_dir.relative_to(storage_root)),
-            "files": [str(p.relative_to(storage_root)) for p in written], "objects": objects, "series": summary}
+            objects.append({"kind": path.stem.split("-")[0], "path": str(path.relative_to(staging)),
+                            "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    # Paths are relative to the staging folder until the service publishes it (JobRunner._finish).
+    return {"study_instance_uid": study_uid, "staging": str(staging.relative_to(storage_root)),
+            "results_dir": f"results/{study_uid}", "inputs_digest": inputs,
+            "files": [str(p.relative_to(staging)) for p in written], "objects": objects, "series": summary}
+
+
+def _priors_used(storage_root: Path, study_uid: str, docs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+    """(StudyInstanceUID, results.json bytes) of every earlier scan the comparison used."""
+    uids = {p["study_instance_uid"] for doc in docs for section in ("comparison", "dosimetry")
+            if isinstance(doc.get(section), dict) for p in doc[section].get("time_points", [])
+            if p.get("study_instance_uid") and p["study_instance_uid"] != study_uid}
+    out = []
+    for uid in sorted(u for u in uids if is_valid_uid(u)):
+        path = storage_root / "results" / uid / "results.json"
+        out.append((uid, path.read_bytes() if path.is_file() else b""))
+    return out
 
 
 def _earlier_studies(conn: sqlite3.Connection, study_uid: str) -> tuple[tuple[str, str] | None, list[str]]:
@@ -170,7 +202,10 @@ def _prior_doc(storage_root: Path, conn: sqlite3.Connection, uid: str, quant: Qu
         except (StudyError, SuvError, VolumeError) as exc:
             log.warning("prior study %s cannot be quantified: %s", uid, exc)
             return None
-        write_study_outputs(storage_root / "results" / uid, results, quant)
+        # No job of its own publishes it: published here (atomically, like a job's results) for reuse.
+        staging = new_staging(storage_root, uid)
+        stage_outputs(staging, results, quant)
+        publish(storage_root, uid, staging, f"prior-{os.getpid()}-{time.time_ns()}")
         doc = results[0][1]
     if not doc.get("reference_datetime") or not doc.get("injection_datetime") or not doc.get("injected_activity_bq"):
         return None

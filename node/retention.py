@@ -1,14 +1,33 @@
-"""Retention: delete inputs and results older than configured, never anything with pending work."""
+"""Retention: delete inputs and results older than configured, never anything with pending work.
+
+Inputs of a study are deleted in three steps, so that no acknowledged instance is ever deleted and
+a crash never brings a deleted study back:
+1. under the index lock, re-check that nothing arrived since the study was chosen (last_received
+   still before the cut-off) and that no job or delivery is pending, and mark it `deleting` in a
+   durable commit. From then on the listener answers new instances of the study 0xA700 (retry
+   later) instead of storing them (Index.add_instance checks the state under the same lock);
+2. delete the files (each unlink, then the folders, each fsynced);
+3. delete the rows and mark the study `deleted`.
+A crash after 1 or 2 leaves the study `deleting`: start-up completes the deletion before start-up
+reconciliation looks for unindexed files, so reconciliation never re-indexes (resurrects) them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.index import PENDING, RUNNING, Index
+from node import results_store
+from node.crashpoints import crash_point
+from node.index import DELETED, DELETING, PENDING, RUNNING, Index
+from node.ingest.spool import fsync_dir
+from node.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +40,66 @@ class RetentionReport:
     kept_busy: int
 
 
-def _busy(index: Index, study_uid: str) -> bool:
+def _busy(c: sqlite3.Connection, study_uid: str) -> bool:
     """Pending or running job, or an undelivered result: keep everything of the study."""
-    if index.query("SELECT 1 FROM jobs WHERE study_uid=? AND state IN (?,?)", (study_uid, PENDING, RUNNING)):
+    if c.execute("SELECT 1 FROM jobs WHERE study_uid=? AND state IN (?,?)", (study_uid, PENDING, RUNNING)).fetchone():
         return True
-    return bool(index.query("SELECT 1 FROM outbox WHERE study_uid=? AND state=?", (study_uid, PENDING)))
+    return bool(c.execute("SELECT 1 FROM outbox WHERE study_uid=? AND state=?", (study_uid, PENDING)).fetchone())
+
+
+def _claim(index: Index, study_uid: str, cutoff: float) -> list[str] | None:
+    """Step 1: the study's instance paths, or None when it is busy or received something meanwhile."""
+    with index.transaction(durable=True) as c:
+        row = c.execute("SELECT last_received, state FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        if row is None or row["last_received"] >= cutoff or row["state"] == DELETED or _busy(c, study_uid):
+            return None
+        c.execute("UPDATE studies SET state=?, note=? WHERE study_uid=?",
+                  (DELETING, "inputs being deleted by storage.retention.inputs_days", study_uid))
+        return [r["path"] for r in c.execute("SELECT path FROM instances WHERE study_uid=?", (study_uid,))]
+
+
+def _delete_files(root: Path, study_uid: str, paths: list[str], whole_folder: bool) -> None:
+    """Step 2. Only the listed files, unless `whole_folder` (at start-up, when nothing can arrive)."""
+    folders = set()
+    for p in paths:
+        (root / p).unlink(missing_ok=True)
+        folders.add((root / p).parent)
+    for folder in folders:
+        if folder.is_dir():
+            fsync_dir(folder)
+    study_dir = root / "studies" / study_uid
+    if whole_folder and study_dir.is_dir():
+        shutil.rmtree(study_dir)
+    else:
+        for folder in [*folders, study_dir]:
+            with contextlib.suppress(OSError):  # not empty: something else lives there; keep it
+                folder.rmdir()
+    fsync_dir(root / "studies")
+
+
+def _drop_rows(index: Index, study_uid: str) -> None:
+    """Step 3."""
+    with index.transaction(durable=True) as c:
+        c.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,))
+        c.execute("DELETE FROM series WHERE study_uid=?", (study_uid,))
+        c.execute("UPDATE studies SET state=?, instance_count=0, note=? WHERE study_uid=?",
+                  (DELETED, "inputs deleted by storage.retention.inputs_days", study_uid))
+
+
+def finish_interrupted_deletions(index: Index, root: Path) -> int:
+    """At start-up, before reconciliation: complete deletions a crash interrupted; returns how many."""
+    uids = [r["study_uid"] for r in index.query("SELECT study_uid FROM studies WHERE state=?", (DELETING,))]
+    for uid in uids:
+        paths = [r["path"] for r in index.query("SELECT path FROM instances WHERE study_uid=?", (uid,))]
+        _delete_files(root, uid, paths, whole_folder=is_valid_uid(uid))
+        _drop_rows(index, uid)
+        log.warning("retention: completed the deletion of study %s interrupted by a restart", uid)
+    return len(uids)
+
+
+def _results_age_s(entry: Path, now: float) -> float:
+    # The link is replaced at each publication: its own time is the results' age.
+    return now - os.lstat(entry).st_mtime
 
 
 def apply_retention(index: Index, root: Path, inputs_days: float | None, results_days: float | None,
@@ -34,34 +108,32 @@ def apply_retention(index: Index, root: Path, inputs_days: float | None, results
     studies = instances = results = busy = 0
     if inputs_days is not None:
         cutoff = now - inputs_days * 86400
-        for row in index.query("SELECT study_uid FROM studies WHERE last_received < ?", (cutoff,)):
+        for row in index.query("SELECT study_uid FROM studies WHERE last_received < ? AND state<>?", (cutoff, DELETED)):
             uid = row["study_uid"]
-            if _busy(index, uid):
+            paths = _claim(index, uid, cutoff)
+            if paths is None:
                 busy += 1
                 continue
-            paths = [r["path"] for r in index.query("SELECT path FROM instances WHERE study_uid=?", (uid,))]
-            with index.transaction() as c:
-                c.execute("DELETE FROM instances WHERE study_uid=?", (uid,))
-                c.execute("DELETE FROM series WHERE study_uid=?", (uid,))
-                c.execute("UPDATE studies SET state='deleted', instance_count=0, note=? WHERE study_uid=?",
-                          ("inputs deleted by storage.retention.inputs_days", uid))
-            for p in paths:
-                (root / p).unlink(missing_ok=True)
-            study_dir = root / "studies" / uid
-            if study_dir.is_dir():
-                shutil.rmtree(study_dir, ignore_errors=True)
+            crash_point("retention-claimed")
+            _delete_files(root, uid, paths, whole_folder=False)
+            crash_point("retention-files-deleted")
+            _drop_rows(index, uid)
             studies += 1
             instances += len(paths)
     if results_days is not None:
-        cutoff = now - results_days * 86400
-        results_root = root / "results"
-        for folder in sorted(results_root.iterdir()) if results_root.is_dir() else []:
-            if folder.is_dir() and folder.stat().st_mtime < cutoff:
-                if _busy(index, folder.name):
+        results_root = root / results_store.RESULTS
+        for entry in sorted(results_root.iterdir()) if results_root.is_dir() else []:
+            if entry.name.startswith(".") or not is_valid_uid(entry.name):
+                continue
+            if _results_age_s(entry, now) <= results_days * 86400:
+                continue
+            # Under the index lock: no job can publish this study's results meanwhile.
+            with index.transaction() as c:
+                if _busy(c, entry.name):
                     busy += 1
                     continue
-                shutil.rmtree(folder, ignore_errors=True)
-                results += 1
+                results_store.delete_study(root, entry.name)
+            results += 1
     if studies or results:
         log.info("retention: deleted the inputs of %d studies (%d instances) and %d result folders; kept %d busy",
                  studies, instances, results, busy)

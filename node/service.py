@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from node import results_store
 from node.audit import AuditLog
 from node.compare.study import comparison_settings_from_config
 from node.config import NodeConfig
@@ -23,7 +24,7 @@ from node.metrics import Metrics
 from node.monitor import CompletionMonitor
 from node.periodic import Periodic
 from node.quant.study import settings_from_config
-from node.retention import apply_retention
+from node.retention import apply_retention, finish_interrupted_deletions
 from node.status_http import StatusServer
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,14 @@ class NodeService:
     def recover(self) -> None:
         """After a crash: drop partial files, give interrupted jobs back to the queue. Stability
         timers need no re-arming: they are computed from the index's receive times."""
-        removed = self.spool.clear_temp()
+        removed = self.spool.clear_temp() + results_store.clear_staging(self.root)
         requeued = self.index.recover_after_restart()
+        finished = finish_interrupted_deletions(self.index, self.root)  # before reconcile: nothing comes back
         reindexed = self.ingestor.reconcile()
-        if removed or requeued or reindexed:
-            log.warning("recovered after restart: %d partial file(s) removed, %d interrupted job(s) queued again, "
-                        "%d stored instance(s) re-indexed", removed, requeued, reindexed)
+        if removed or requeued or reindexed or finished:
+            log.warning("recovered after restart: %d partial file(s)/folder(s) removed, %d interrupted job(s) queued "
+                        "again, %d stored instance(s) re-indexed, %d interrupted retention deletion(s) completed",
+                        removed, requeued, reindexed, finished)
 
     def _jobs_by_state(self) -> dict[str, float]:
         rows = self.index.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")

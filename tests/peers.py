@@ -268,3 +268,60 @@ class Orthanc:
         with urllib.request.urlopen(req, timeout=300) as r:
             raw = r.read()
         return json.loads(raw) if raw else None
+
+
+class StoreSCP:
+    """dcmtk storescp as a result receiver that keeps every copy it receives (+uf: unique file
+    names), so a test can count how often each object was delivered (Orthanc keeps one per UID)."""
+
+    def __init__(self, workdir: Path, aet: str = "RECEIVER") -> None:
+        self.workdir = workdir
+        self.dir = workdir / "received"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.aet = aet
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> StoreSCP:
+        exe = require_tool("storescp")
+        log = open(self.workdir / "storescp.log", "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen([exe, "-v", "-aet", self.aet, "-od", str(self.dir), "+uf", "+xa", "-pm",
+                                      str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=PEER_ENV,
+                                     start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"storescp exited:\n{(self.workdir / 'storescp.log').read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, timeout, "storescp to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def received(self) -> list[str]:
+        """SOP Instance UID of every copy received so far (one entry per C-STORE)."""
+        import pydicom
+
+        out = []
+        for f in sorted(self.dir.iterdir()):
+            try:
+                out.append(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID))
+            except Exception:  # noqa: BLE001 - a file still being written counts once complete
+                continue
+        return out
+
+    def destination(self, name: str = "receiver") -> dict[str, Any]:
+        return {"name": name, "ae_title": self.aet, "host": "127.0.0.1", "port": self.port}

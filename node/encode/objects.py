@@ -9,6 +9,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from node.encode.identity import ResultIdentity, settings_digest
+from node.encode.identity import inputs_digest as inputs_digest_of
 from node.encode.sc import PriorView, build_sc
 from node.encode.seg import build_seg
 from node.encode.sr import build_sr
@@ -28,10 +29,12 @@ def settle_tracking(doc: dict[str, Any], identity: ResultIdentity) -> dict[int, 
 
 
 def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSettings,
-                  prior: PriorView | None = None) -> list[tuple[str, Dataset]]:
+                  prior: PriorView | None = None, inputs_digest: str = "") -> list[tuple[str, Dataset]]:
     """[(kind, dataset)]: SEG (when there are foci), SR, one or more SC pages (a side-by-side page
-    with the earlier scan first when `prior` is given)."""
-    identity = ResultIdentity(result.pet_series_uid, result.ct_series_uid, settings_digest(settings))
+    with the earlier scan first when `prior` is given). `inputs_digest` (encode.identity.inputs_digest:
+    every input instance and prior used) goes into the UIDs; without it, the PET instances do."""
+    identity = ResultIdentity(result.pet_series_uid, result.ct_series_uid, settings_digest(settings),
+                              inputs_digest or inputs_digest_of(result.pet_sop_uids))
     tracking = settle_tracking(doc, identity)
     source = result.pet_headers[0]
     # Carried over so names keep their encoding. highdicom takes single values; a code-extension

@@ -1,4 +1,4 @@
-"""What every export target does: send a batch of files, answer per file."""
+"""What every export target does: send a batch of files, answer per file as each answer arrives."""
 
 from __future__ import annotations
 
@@ -28,9 +28,19 @@ class Parcel:
     study_uid: str
 
 
+Report = Callable[[int, Outcome], None]
+
+
+def no_report(_item_id: int, _outcome: Outcome) -> None:
+    return None
+
+
 class Target(Protocol):
-    def send(self, parcels: Sequence[Parcel]) -> dict[int, Outcome]:
-        """Deliver the batch (one association / request session); an outcome per parcel."""
+    def send(self, parcels: Sequence[Parcel], report: Report = no_report) -> dict[int, Outcome]:
+        """Deliver the batch (one association / request session); an outcome per parcel. `report`
+        is called with each outcome as soon as it is known (a C-STORE response, a STOW-RS
+        response, a file renamed into place), so the outbox records it before the next send and
+        a crash mid-batch re-sends only what was not confirmed."""
         ...
 
 

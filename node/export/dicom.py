@@ -17,7 +17,7 @@ import pydicom
 from pynetdicom import AE, _config, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
-from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, register
+from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Report, no_report, register
 from node.ingest.listener import set_nodelay
 
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
@@ -49,15 +49,17 @@ class DicomTarget:
             ctx.load_cert_chain(str(self.d.tls.cert), str(self.d.tls.key))
         return ctx, ""
 
-    def send(self, parcels: Sequence[Parcel]) -> dict[int, Outcome]:
+    def send(self, parcels: Sequence[Parcel], report: Report = no_report) -> dict[int, Outcome]:
         headers = {}
         for p in parcels:
             try:
                 headers[p.item_id] = pydicom.dcmread(p.path, stop_before_pixels=True)
             except Exception as exc:  # noqa: BLE001 - a result file that cannot be read cannot be sent
                 headers[p.item_id] = exc
-        out: dict[int, Outcome] = {i: Outcome(DEAD, f"result file unreadable: {h}") for i, h in headers.items()
-                                   if isinstance(h, Exception)}
+        # Missing or unreadable: retried (a file being restored, a disk back online); after
+        # export.retry.give_up_after_h it becomes a dead letter like any failure.
+        out: dict[int, Outcome] = {i: Outcome(RETRY, f"result file missing or unreadable: {h}")
+                                   for i, h in headers.items() if isinstance(h, Exception)}
         todo = [p for p in parcels if p.item_id not in out]
         if not todo:
             return out
@@ -98,6 +100,7 @@ class DicomTarget:
                     out[p.item_id] = Outcome(RETRY, f"C-STORE failed: {exc}")
                     continue
                 out[p.item_id] = self._status(status)
+                report(p.item_id, out[p.item_id])  # recorded before the next object is sent
         finally:
             if assoc.is_established:
                 assoc.release()

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
-from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, register
+from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Report, no_report, register
 from node.ingest.spool import fsync_dir, fsync_file
 from node.uids import is_valid_uid
 
@@ -17,7 +17,7 @@ class FolderTarget:
     def __init__(self, destination: Any, node_config: Any) -> None:
         self.root = destination.path
 
-    def send(self, parcels: Sequence[Parcel]) -> dict[int, Outcome]:
+    def send(self, parcels: Sequence[Parcel], report: Report = no_report) -> dict[int, Outcome]:
         out: dict[int, Outcome] = {}
         for p in parcels:
             if not (is_valid_uid(p.study_uid) and is_valid_uid(p.sop_instance_uid)):
@@ -35,4 +35,5 @@ class FolderTarget:
                 out[p.item_id] = Outcome(RETRY, f"cannot write {target}: {exc.strerror or exc}")
                 continue
             out[p.item_id] = Outcome(DELIVERED)
+            report(p.item_id, out[p.item_id])
         return out

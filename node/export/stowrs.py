@@ -9,7 +9,7 @@ import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, register
+from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Report, no_report, register
 
 # HTTP answers that a retry cannot change (the request or the object is wrong, or we are not allowed).
 _PERMANENT = {400, 401, 403, 404, 405, 406, 409, 413, 415, 422}
@@ -20,7 +20,7 @@ class StowTarget:
     def __init__(self, destination: Any, node_config: Any) -> None:
         self.d = destination
 
-    def send(self, parcels: Sequence[Parcel]) -> dict[int, Outcome]:
+    def send(self, parcels: Sequence[Parcel], report: Report = no_report) -> dict[int, Outcome]:
         session = requests.Session()
         session.verify = self.d.verify_tls
         if self.d.username is not None:
@@ -36,7 +36,7 @@ class StowTarget:
                 try:
                     datasets.append(pydicom.dcmread(p.path))
                 except Exception as exc:  # noqa: BLE001 - an unreadable result file cannot be sent
-                    out[p.item_id] = Outcome(DEAD, f"result file unreadable: {exc}")
+                    out[p.item_id] = Outcome(RETRY, f"result file missing or unreadable: {exc}")
             sendable = [p for p in group if p.item_id not in out]
             if not sendable:
                 continue
@@ -61,4 +61,6 @@ class StowTarget:
                     reason = int(item.get("FailureReason", 0))
                     state = RETRY if 0xA700 <= reason <= 0xA7FF else DEAD
                     out[p.item_id] = Outcome(state, f"STOW-RS failure reason 0x{reason:04X}")
+            for p in sendable:  # one response per request (per study): recorded before the next request
+                report(p.item_id, out[p.item_id])
         return out

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
+import pydicom.filereader
 from pydicom.errors import InvalidDicomError
 
-from node.index import Index, InstanceRecord
+from node.crashpoints import crash_point
+from node.index import DELETING, Index, InstanceRecord, StudyBeingDeleted
 from node.ingest.deflate import InflateError, inflated_size, is_deflated
 from node.ingest.header import HeaderValue, scan_values
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES
-from node.ingest.spool import Spool, fsync_file
+from node.ingest.spool import ReceiveFile, Spool, fsync_dir, fsync_file, is_disk_error
 from node.metrics import Metrics
 from node.uids import uid_problem
 
@@ -94,20 +98,53 @@ def read_header(path: Path) -> Header:
 
 
 def check_pixel_data_complete(path: Path) -> None:
-    """A file copied while still being written may parse but end early: compare the native pixel
-    data length with Rows x Columns x Samples x Bits Allocated / 8 x Frames (PS3.5 8.1.1)."""
+    """An instance whose native pixel data is shorter than Rows x Columns x Samples x Bits Allocated
+    / 8 x Frames (PS3.5 8.1.1, PS3.3 C.7.6.3): a file copied while still being written, or a data
+    set a sender cut short. The pixel data is not read, only its length and the bytes present."""
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=1024)
         if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
             return
+        raw = ds.get_item("PixelData", keep_deferred=True)
+        length = getattr(raw, "length", None)
+        if length is None or length == 0xFFFFFFFF:  # already decoded, or encapsulated
+            return
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
-        expected = expected * int(ds.BitsAllocated) // 8
-        actual = len(ds.PixelData)
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames * int(ds.BitsAllocated)
+        expected = (bits + 7) // 8
+        actual = min(length, path.stat().st_size - raw.value_tell) if raw.value_tell is not None else length
     except Exception as exc:  # noqa: BLE001 - a partial file fails in many ways
         raise IngestError(CANNOT_UNDERSTAND, f"cannot read the whole file: {type(exc).__name__}: {exc}") from None
     if actual < expected:
-        raise IngestError(CANNOT_UNDERSTAND, f"pixel data truncated: {actual} of {expected} bytes")
+        raise IngestError(CANNOT_UNDERSTAND, f"pixel data incomplete: {actual} of {expected} bytes "
+                                             "(Rows x Columns x SamplesPerPixel x BitsAllocated x frames)")
+
+
+def _dataset_offset(fh: BinaryIO) -> int:
+    """Where the data set starts in a Part 10 file: after preamble, DICM and the (0002) group."""
+    fh.seek(0)
+    head = fh.read(144)
+    if len(head) == 144 and head[128:132] == b"DICM" and head[132:140] == b"\x02\x00\x00\x00UL\x04\x00":
+        return 144 + int.from_bytes(head[140:144], "little")
+    fh.seek(128 + 4 if head[128:132] == b"DICM" else 0)
+    pydicom.filereader._read_file_meta_info(fh)  # noqa: SLF001 - no group length: walk the group
+    return fh.tell()
+
+
+def same_dataset(a: Path, b: Path) -> bool:
+    """True when two Part 10 files hold the same data set bytes (their file meta may differ)."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        oa, ob = _dataset_offset(fa), _dataset_offset(fb)
+        if a.stat().st_size - oa != b.stat().st_size - ob:
+            return False
+        fa.seek(oa)
+        fb.seek(ob)
+        while True:
+            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
 
 
 def describe(h: Header, path: str, size: int) -> InstanceRecord:
@@ -180,10 +217,13 @@ class Ingestor:
         """Index instance files that are on disk but not in the index (after a power loss rolled
         back the last index commits, or a crash between link and commit); returns how many."""
         known = {r["path"] for r in self.index.query("SELECT path FROM instances")}
+        # Files of a study retention is deleting are never indexed again (node.retention).
+        deleting = {r["study_uid"] for r in self.index.query("SELECT study_uid FROM studies WHERE state=?",
+                                                             (DELETING,))}
         added = 0
         for path in sorted(self.spool.studies.glob("*/*/*.dcm")):
             rel = str(path.relative_to(self.spool.root))
-            if rel in known:
+            if rel in known or path.parent.parent.name in deleting:
                 continue
             try:
                 record = describe(read_header(path), rel, path.stat().st_size)
@@ -197,7 +237,26 @@ class Ingestor:
     def ingest(self, temp: Path, *, source: str, calling_ae: str = "",
                context_sop_class: str | None = None, affected_sop_uid: str | None = None) -> IngestOutcome:
         """Store `temp` (a complete Part 10 file in the spool's file system) under its UIDs and index
-        it. Raises IngestError for what the sender must be told; other exceptions mean 'not safe'."""
+        it. Raises IngestError for what the sender must be told; other exceptions mean 'not safe'.
+        A full disk or an I/O error is 0xA700 (retry later), with the partial file removed."""
+        error = ReceiveFile.error_of(temp)
+        if error is not None:
+            temp.unlink(missing_ok=True)
+            raise IngestError(OUT_OF_RESOURCES, f"cannot store the data set: {error.strerror or error} "
+                                                f"(errno {error.errno}); retry later")
+        try:
+            return self._ingest(temp, source, calling_ae, context_sop_class, affected_sop_uid)
+        except OSError as exc:
+            if not is_disk_error(exc):
+                raise
+            temp.unlink(missing_ok=True)
+            raise IngestError(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc} (errno {exc.errno}); "
+                                                "retry later") from None
+        except sqlite3.OperationalError as exc:
+            raise IngestError(OUT_OF_RESOURCES, f"index error: {exc}; retry later") from None
+
+    def _ingest(self, temp: Path, source: str, calling_ae: str, context_sop_class: str | None,
+                affected_sop_uid: str | None) -> IngestOutcome:
         size = temp.stat().st_size
         free_gb = shutil.disk_usage(self.spool.root).free / 1e9
         if free_gb < self.min_free_gb:
@@ -216,8 +275,7 @@ class Ingestor:
         try:
             header = read_header(temp)
             probe = describe(header, "", size)
-            if source == "watch":
-                check_pixel_data_complete(temp)
+            check_pixel_data_complete(temp)
         finally:
             synced.result()
         if context_sop_class and probe.sop_class_uid != context_sop_class:
@@ -228,14 +286,66 @@ class Ingestor:
                                                 f"Affected SOP Instance UID {affected_sop_uid}")
         final = self.spool.instance_path(probe.study_uid, probe.series_uid, probe.sop_instance_uid)
         record = replace(probe, path=str(final.relative_to(self.spool.root)))
+        if self.index.study_state(record.study_uid) == DELETING:
+            raise IngestError(OUT_OF_RESOURCES, f"study {record.study_uid} is being deleted by retention; retry later")
+        duplicate = self._duplicate(temp, record)
+        if duplicate is not None:
+            return duplicate
         newly_written = self.spool.commit(temp, final, synced=True)
+        if not newly_written and not same_dataset(final, temp):
+            # A file no index row describes yet (a crash between link and commit): start-up reconciliation
+            # indexes it; this different copy under the same UID is refused.
+            raise IngestError(CANNOT_UNDERSTAND, f"SOP Instance UID {record.sop_instance_uid} is already stored "
+                                                 "with different content; send corrected data under new UIDs")
+        crash_point("ingest-linked")
         # Index even when the file was already there: a crash between the link and the index
         # commit leaves an unindexed file that the sender's retry (or start-up reconciliation) completes.
         new_study = not self.index.query("SELECT 1 FROM studies WHERE study_uid=?", (record.study_uid,))
-        indexed = self.index.add_instance(record, source=source, calling_ae=calling_ae)
+        try:
+            indexed = self.index.add_instance(record, source=source, calling_ae=calling_ae)
+        except BaseException as exc:
+            if newly_written:  # never leave a file the index does not describe
+                self._unlink(final)
+            if isinstance(exc, StudyBeingDeleted):
+                raise IngestError(OUT_OF_RESOURCES, f"study {record.study_uid} is being deleted by retention; "
+                                                    "retry later") from None
+            raise
+        if not indexed and newly_written:
+            # The same UID was indexed meanwhile under another path (another study or series).
+            self._unlink(final)
+            duplicate = self._duplicate(temp, record)
+            if duplicate is not None:
+                return duplicate
         if new_study and indexed:
             log.info("study %s arriving from %s (%s)", record.study_uid, calling_ae or source, record.modality)
         if self.metrics is not None and (newly_written or indexed):
             self.metrics.inc("iodine_instances_received_total")
             self.metrics.inc("iodine_bytes_received_total", size)
+        crash_point("ingest-indexed")  # durable and indexed, not yet acknowledged
         return IngestOutcome(record, stored=newly_written or indexed)
+
+    def _unlink(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+
+    def _duplicate(self, temp: Path, record: InstanceRecord) -> IngestOutcome | None:
+        """An instance whose SOP Instance UID is indexed already: the same data set again is a
+        success that stores nothing; under another study or series, or with other content, it is
+        refused (a UID names one data set, PS3.3 C.12.1.1.1; corrections need new UIDs). None:
+        not indexed yet (or its file is missing, so this copy may take its place)."""
+        rows = self.index.query("SELECT study_uid, series_uid, path FROM instances WHERE sop_instance_uid=?",
+                                (record.sop_instance_uid,))
+        if not rows:
+            return None
+        row = rows[0]
+        if (row["study_uid"], row["series_uid"]) != (record.study_uid, record.series_uid):
+            raise IngestError(DATASET_MISMATCH, f"SOP Instance UID {record.sop_instance_uid} is already stored in "
+                                                f"study {row['study_uid']} series {row['series_uid']}; refused under "
+                                                f"study {record.study_uid} series {record.series_uid}")
+        stored = self.spool.root / row["path"]
+        if not stored.is_file():
+            return None
+        if not same_dataset(stored, temp):
+            raise IngestError(CANNOT_UNDERSTAND, f"SOP Instance UID {record.sop_instance_uid} is already stored "
+                                                 "with different content; send corrected data under new UIDs")
+        return IngestOutcome(replace(record, path=row["path"]), stored=False)

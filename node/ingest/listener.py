@@ -25,6 +25,7 @@ from node.config import NodeConfig
 from node.ingest.guard import GuardedServer, GuardSettings, Refusals, compact_library_logs
 from node.ingest.ingestor import OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, IngestError, Ingestor
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES, TRANSFER_SYNTAXES, all_storage_sop_classes
+from node.ingest.spool import ReceiveFile, receive_into
 from node.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class Listener:
         # point it into the spool so the received file can be linked into place on the same disk.
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(spool_tmp)
+        receive_into(spool_tmp)  # disk errors while receiving answer 0xA700; partial files removed on abort
         allowed = [(c.ae_title, c.host) for c in config.ingest.allowed_callers]
         ae = _NodeAE(config.node.ae_title, allowed)
         ae.require_called_aet = True
@@ -128,6 +130,7 @@ class Listener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_CLOSE, self._on_close),
         ]
         address = (self.config.node.bind, self.config.node.port)
         compact_library_logs()
@@ -198,6 +201,13 @@ class Listener:
         if self.audit:
             self.audit.event("association-rejected", outcome="failure", calling_ae=r.ae_title, peer=r.address,
                              called_ae=called)
+
+    @staticmethod
+    def _on_close(event: evt.Event) -> None:
+        removed = ReceiveFile.discard_open(event.assoc.dul)
+        if removed:
+            log.warning("association from %s ended during a C-STORE: %d partial file(s) removed",
+                        event.assoc.requestor.ae_title, removed)
 
     @staticmethod
     def _on_echo(event: evt.Event) -> int:

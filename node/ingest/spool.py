@@ -7,12 +7,17 @@ from UIDs that passed `is_valid_uid` (digits and dots), never from other DICOM v
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shutil
+import threading
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
+from node.crashpoints import crash_point
 from node.uids import is_valid_uid
 
 
@@ -110,3 +115,92 @@ class Spool:
         target.with_name(target.name + ".reason").write_text(reason + "\n", encoding="utf-8")
         fsync_dir(self.quarantine_dir)
         return target
+
+
+# -- receiving into the spool ------------------------------------------------------------------
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """Out of space, quota or an I/O error: the storage's fault, not the instance's (answer 0xA700)."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_ERRORS
+
+
+class ReceiveFile:
+    """The file pynetdicom streams one C-STORE into (it calls write, file.flush and close).
+
+    pynetdicom writes from its network thread; an OSError there (disk full, I/O error) would
+    abort the whole association. Instead the first error is kept, the partial file is removed at
+    once (freeing its space), the rest of the data set is read and dropped, and the C-STORE
+    handler answers 0xA700 (out of resources: retry later) and the association goes on. Files
+    of an association that ends before its C-STORE completed are removed (`discard_open`)."""
+
+    _open: ClassVar[dict[str, ReceiveFile]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, directory: Path) -> None:
+        self.name = str(directory / f"{uuid.uuid4().hex}.dcm")
+        self.error: OSError | None = None
+        self.owner = threading.current_thread()
+        self._fh = open(self.name, "wb")  # noqa: SIM115 - closed by pynetdicom through close()
+        self.file = self  # pynetdicom calls `.file.flush()`
+        with ReceiveFile._lock:
+            ReceiveFile._open[self.name] = self
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                crash_point("receive-write")
+                return self._fh.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        Path(self.name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with ReceiveFile._lock:
+            ReceiveFile._open.pop(self.name, None)
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
+    @classmethod
+    def error_of(cls, path: Path | str) -> OSError | None:
+        with cls._lock:
+            f = cls._open.get(str(path))
+        return f.error if f is not None else None
+
+    @classmethod
+    def discard_open(cls, owner: threading.Thread) -> int:
+        """Remove the partial files `owner` (an association's network thread) was still writing."""
+        with cls._lock:
+            mine = [f for f in cls._open.values() if f.owner is owner]
+        for f in mine:
+            f.close()
+            Path(f.name).unlink(missing_ok=True)
+        return len(mine)
+
+
+def receive_into(directory: Path) -> None:
+    """Make pynetdicom stream received C-STORE data sets into ReceiveFile objects in `directory`
+    (the spool's tmp folder: same file system as the studies, so a file can be linked into place)."""
+    from pynetdicom import _config, dimse_messages
+
+    _config.STORE_RECV_CHUNKED_DATASET = True
+
+    def factory(*_args: object, **_kwargs: object) -> ReceiveFile:
+        return ReceiveFile(directory)
+
+    dimse_messages.NamedTemporaryFile = factory  # the only name pynetdicom creates these files with

@@ -16,7 +16,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from node.ingest.ingestor import IngestError, Ingestor
+from node.ingest.ingestor import OUT_OF_RESOURCES, IngestError, Ingestor
 from node.ingest.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,9 @@ class WatchFolder:
             shutil.copyfile(path, staged)
             outcome = self.ingestor.ingest(staged, source="watch")
         except IngestError as exc:
+            if exc.status == OUT_OF_RESOURCES:  # disk full, I/O error, study being deleted: not the file's fault
+                log.warning("watch folder: %s not taken yet: %s; will retry", path.name, exc.reason)
+                return
             target = self.spool.quarantine(path, f"{path.name}: {exc.reason}")
             log.warning("watch folder: %s quarantined as %s: %s", path.name, target.name, exc.reason)
             return
