@@ -139,11 +139,21 @@ def _cmd_suv(args: argparse.Namespace) -> int:
     except (VolumeError, SuvError) as exc:
         print(f"iodine-node suv: {exc}", file=sys.stderr)
         return 1
-    suv = volume.with_array(volume.array * np.asarray(calc.factors, np.float32)[:, None, None])
+    from node.quant.suvtypes import UNITS, ratio_to_bw
+
+    try:
+        ratio = ratio_to_bw(calc.patient, args.type)
+    except SuvError as exc:
+        print(f"iodine-node suv: {exc}", file=sys.stderr)
+        return 1
+    suv = volume.with_array(volume.array * (np.asarray(calc.factors, np.float64) * ratio).astype(np.float32)[:, None,
+                                                                                                            None])
     sitk.WriteImage(suv.to_sitk(), str(args.output))
     factors = sorted(set(calc.factors))
     print(f"SUVbw factor: {factors[0]:.10g}" + (f" .. {factors[-1]:.10g} (per slice)" if len(factors) > 1 else "")
           + f" (g per {'Bq/ml' if calc.units == 'BQML' else calc.units} unit)")
+    if args.type != "bw":
+        print(f"SUV type {args.type} ({UNITS[args.type]}): SUVbw x {ratio:.10g}")
     for line in calc.derivation:
         print(f"  {line}")
     for line in calc.warnings:
@@ -255,8 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_cmd_jobs)
 
-    p = sub.add_parser("suv", help="write the SUVbw volume of one PET series (NIfTI) and explain the factor")
+    p = sub.add_parser("suv", help="write the SUV volume of one PET series (NIfTI) and explain the factor")
     p.add_argument("series_dir", type=Path)
+    p.add_argument("--type", default="bw", choices=("bw", "lbm-james", "sul-janmahasatian", "bsa", "ibw"),
+                   help="normalisation: body weight (default), lean body mass (James-128), SUL (Janmahasatian, "
+                        "PERCIST), body surface area (Du Bois, cm2/ml), ideal body weight")
     p.add_argument("--output", type=Path, required=True, help="e.g. suv.nii.gz")
     p.set_defaults(func=_cmd_suv)
 

@@ -238,6 +238,7 @@ class SuvSection(_Section):
     """How SUV is derived where headers leave a choice (shared/reference/suv.md)."""
 
     time_only_administration_days_before: Annotated[int, Field(ge=0, le=30)] | None = None
+    report_type: Literal["bw", "lbm-james", "sul-janmahasatian", "bsa", "ibw"] = "bw"
 
 
 class DetectionSection(_Section):

@@ -32,7 +32,8 @@ from node.quant.measure import (
     measure_lesions,
     soft_tissue_reference,
 )
-from node.quant.suv import SuvCalculation, SuvSettings, compute_suv
+from node.quant.suv import SuvCalculation, SuvError, SuvSettings, compute_suv
+from node.quant.suvtypes import ratio_to_bw
 from node.quant.volume import Volume, assemble, resample_like
 
 RESULTS_SCHEMA = "iodine-node/results/v1"
@@ -227,6 +228,12 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
     """results.json, schema iodine-node/results/v1 (docs/results-schema.md)."""
     h = result.pet_headers[0]
     calc = result.suv
+    suv_type = settings.suv.report_type
+    try:
+        type_ratio: float | None = ratio_to_bw(calc.patient, suv_type)
+    except SuvError as exc:  # e.g. SUL without height or sex: said, SUVbw still stands
+        type_ratio = None
+        notes = [*notes, f"SUV type {suv_type} not reported: {exc}"]
     lesions = []
     for les in result.lesions:
         lesions.append({
@@ -245,6 +252,9 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
             "lesion_to_background": _round(les.lesion_to_background), "background_suv": _round(les.background_suv),
             "mean_hu": _round(les.mean_hu, 1), "iodine_avid": les.iodine_avid, "voxels": les.voxels,
             "partial_volume_corrected": les.partial_volume,
+            "suv_typed": None if type_ratio is None else {
+                "type": suv_type, "suv_max": _round(les.suv_max * type_ratio),
+                "suv_peak": _round(les.suv_peak * type_ratio), "suv_mean": _round(les.suv_mean * type_ratio)},
             "tracking_uid": None, "tracking_id": None,  # settled when the result objects are built
         })
     return {
@@ -261,6 +271,7 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
         "injected_activity_bq": calc.injected_activity_bq,
         "radionuclide": calc.nuclide,
         "half_life_s": calc.half_life_s,
+        "suv_type": suv_type, "suv_type_ratio_to_bw": _round(type_ratio, 8),
         "suv": {"type": "BW", "units_in": calc.units, "decay_correction": calc.decay_correction,
                 "factor_g_per_unit": _round(calc.factors[0], 12) if len(set(calc.factors)) == 1 else None,
                 "factors_per_slice": None if len(set(calc.factors)) == 1 else [float(f) for f in calc.factors],
