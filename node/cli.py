@@ -223,6 +223,7 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
         seed=args.seed, size=args.size, vendor=args.vendor, timepoint=args.timepoint, uptake_h=args.uptake_h,
         activity_mbq=args.activity_mbq, tsh=args.tsh, noise=args.noise, psf_fwhm_mm=args.fwhm_mm,
         patient_name=args.patient_name, charset=args.charset,
+        realistic=args.realistic, noise_model=args.noise_model, frame_s=args.frame_s,
     )
     try:
         options.check()
@@ -297,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fwhm-mm", type=float, default=7.0, help="PET point-spread FWHM")
     p.add_argument("--patient-name", default="PHANTOM^IODINE")
     p.add_argument("--charset", default="ISO_IR 192", help="SpecificCharacterSet, e.g. 'GB18030'")
+    p.add_argument("--realistic", action="store_true",
+                   help="lobulated heterogeneous lesions, neck nodes, CT-only nodules, positron-range tails, "
+                        "breathing blur (docs/phantom.md)")
+    p.add_argument("--noise-model", choices=("fixed", "counts"), default="fixed",
+                   help="counts: --noise is the CoV of a reference scan; this scan's follows its counts")
+    p.add_argument("--frame-s", type=float, default=None, help="seconds per bed position")
     p.set_defaults(func=_cmd_phantom)
     return parser
 
