@@ -253,6 +253,7 @@ class DetectionSection(_Section):
     max_volume_ml: PositiveFloat = _DET.max_volume_ml
     max_lesions: Annotated[int, Field(ge=1, le=5000)] = _DET.max_lesions
     split_touching: bool = _DET.split_touching
+    false_foci_per_scan: Annotated[float, Field(ge=0, le=10)] = _DET.false_foci_per_scan
 
 
 class SegmentationSection(_Section):
