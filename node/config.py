@@ -289,6 +289,28 @@ class SeriesSection(_Section):
     exclude_description: list[Regex] = list(DEFAULT_EXCLUDE)
 
 
+class CtNodulesSection(_Section):
+    """Solid lung nodules found on CT without a PET focus (non-avid lesions)."""
+
+    enabled: bool = True
+    min_diameter_mm: Annotated[float, Field(ge=3, le=30)] = 5.0
+
+
+class RecoveryCurvePoint(_Section):
+    """One sphere of a recovery measurement: diameter and recovery coefficient (measured / true)."""
+
+    diameter_mm: PositiveFloat
+    rc: Annotated[float, Field(gt=0, le=1.5)]
+
+
+class RecoverySection(_Section):
+    """Partial-volume recovery by the best size estimate (CT diameter, else sphere fit), beside the values."""
+
+    enabled: bool = True
+    curve: Annotated[list[RecoveryCurvePoint], Field(min_length=1)] = [
+        RecoveryCurvePoint(diameter_mm=d, rc=rc) for d, rc in ((8.5, 0.43), (19.4, 0.72))]
+
+
 class QuantificationSection(_Section):
     suv: SuvSection = SuvSection()
     detection: DetectionSection = DetectionSection()
@@ -297,6 +319,8 @@ class QuantificationSection(_Section):
     partial_volume: list[RecoveryPoint] | None = None
     activity_margin_mm: PositiveFloat = 10.0
     series: SeriesSection = SeriesSection()
+    ct_nodules: CtNodulesSection = CtNodulesSection()
+    recovery: RecoverySection = RecoverySection()
 
 
 class TshSection(_Section):

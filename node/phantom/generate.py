@@ -280,7 +280,8 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
     result = PhantomResult(out, {})
     ct_noise_hu = 60.0 * opts.noise
     ct_uids = []
-    for k, hu in enumerate(render_ct_slices(model, pose, ct_grid, ct_noise_hu, opts.seed)):
+    for k, hu in enumerate(render_ct_slices(model, pose, ct_grid, ct_noise_hu, opts.seed,
+                                                         z_subsamples=3 if opts.realistic else 1)):
         ct_uids.append(write_ct_slice(out / "CT", info, ct_series_uid, ct_grid, k, hu))
         result.ct_files.append(out / "CT" / f"CT_{k + 1:04d}.dcm")
 

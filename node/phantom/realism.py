@@ -126,7 +126,7 @@ EXTRA_LESIONS: tuple[ExtraLesion, ...] = (
     ExtraLesion("node_level_ii_l", METASTASIS, "lymph node (level II)", (45.0, -5.0, -193.0), 10.0, 8.0, 45.0),
     ExtraLesion("node_level_vi", METASTASIS, "lymph node (level VI)", (-13.0, -22.0, -240.0), 9.0, 10.0, 45.0),
     ExtraLesion("ct_nodule_1", NON_AVID, "lung", (-70.0, 30.0, -350.0), 6.0, 0.3, 40.0),
-    ExtraLesion("ct_nodule_2", NON_AVID, "lung", (75.0, 0.0, -380.0), 8.0, 0.3, 40.0),
+    ExtraLesion("ct_nodule_2", NON_AVID, "lung", (75.0, 40.0, -360.0), 8.0, 0.3, 40.0),
     ExtraLesion("ct_nodule_3", NON_AVID, "lung", (60.0, 50.0, -440.0), 10.0, 0.3, 40.0),
     ExtraLesion("ct_nodule_4", NON_AVID, "lung", (-110.0, 25.0, -300.0), 5.0, 0.3, 40.0),
     # Abutting the vessel from the right hilum to (-100, -5, -390) (radius 3 mm): not jittered.

@@ -56,24 +56,32 @@ def _index_range(coords: np.ndarray, lo: float, hi: float) -> slice:
 
 
 def render_ct_slices(
-    model: PatientModel, pose: RigidTransform, grid: AxialGrid, noise_hu: float, seed: int
+    model: PatientModel, pose: RigidTransform, grid: AxialGrid, noise_hu: float, seed: int, z_subsamples: int = 1
 ) -> Iterator[np.ndarray]:
-    """CT numbers (HU, float32) slice by slice, so whole-body CT never sits in memory at once."""
+    """CT numbers (HU, float32) slice by slice, so whole-body CT never sits in memory at once.
+    `z_subsamples` > 1 averages that many planes across the slice thickness (the partial-volume
+    averaging of a thick reconstructed slice: an oblique vessel stays a tube, not a string of beads)."""
     x, y = grid.x_mm, grid.y_mm
     painted = [(r, *pose.scanner_bbox(*r.shape.bbox())) for r in model.regions if r.hu is not None]
     table_rows = _index_range(y, *TABLE_Y_MM)
-    for k, z in enumerate(grid.z_mm):
-        hu = np.full((grid.rows, grid.columns), AIR_HU, np.float32)
-        for region, lo, hi in painted:
-            if not lo[2] <= z <= hi[2]:
-                continue
-            rs, cs = _index_range(y, lo[1], hi[1]), _index_range(x, lo[0], hi[0])
-            yy, xx = np.meshgrid(y[rs], x[cs], indexing="ij")
-            bx, by, bz = pose.to_body(xx, yy, np.full_like(xx, z))
-            inside = region.shape.contains(bx, by, bz)
-            hu[rs, cs][inside] = region.hu
-        band = hu[table_rows]
-        band[band < -500] = TABLE_HU
+    offsets = ((np.arange(z_subsamples) + 0.5) / z_subsamples - 0.5) * grid.slice_spacing_mm
+    for k, z_centre in enumerate(grid.z_mm):
+        planes = []
+        for dz in offsets:
+            z = z_centre + dz
+            hu = np.full((grid.rows, grid.columns), AIR_HU, np.float32)
+            for region, lo, hi in painted:
+                if not lo[2] <= z <= hi[2]:
+                    continue
+                rs, cs = _index_range(y, lo[1], hi[1]), _index_range(x, lo[0], hi[0])
+                yy, xx = np.meshgrid(y[rs], x[cs], indexing="ij")
+                bx, by, bz = pose.to_body(xx, yy, np.full_like(xx, z))
+                inside = region.shape.contains(bx, by, bz)
+                hu[rs, cs][inside] = region.hu
+            band = hu[table_rows]
+            band[band < -500] = TABLE_HU
+            planes.append(hu)
+        hu = planes[0] if len(planes) == 1 else np.mean(planes, axis=0).astype(np.float32)
         if noise_hu > 0:
             rng = np.random.default_rng([seed, 31, k])
             hu += rng.normal(0.0, noise_hu, hu.shape).astype(np.float32)

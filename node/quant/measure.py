@@ -80,6 +80,9 @@ class Lesion:
     activity_recovered_mbq: float | None = None  # spill-out recovered (enlarged VOI), at scan time
     sphere: SphereFit | None = None  # blurred-sphere fit: size without a threshold (dosimetry mass)
     percent_injected_activity_recovered: float | None = None
+    detection: str = "pet"  # "pet": a PET focus; "ct": a solid nodule found on CT, measured on PET at its site
+    ct_diameter_mm: float | None = None
+    recovery: dict[str, float | str] | None = None  # partial-volume recovery by the best size (node.quant.recovery)
 
 
 def peak_kernel(spacing_kji: tuple[float, float, float], radius_mm: float = PEAK_SPHERE_RADIUS_MM) -> np.ndarray:
