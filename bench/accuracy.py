@@ -143,7 +143,8 @@ def main() -> int:
               f"{s['false_avid_foci_per_scan']:.2f} | "
               f"{100 * a / max(b, 1):.0f} % ({a}/{b}) | {s['ct_false_positives_per_scan']:.2f} |")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"accuracy-{args.size}.json").write_text(json.dumps(curve, indent=1))
+    name = f"accuracy-{args.size}-{'classic' if args.classic else 'realistic'}-{args.noise.replace(',', '_')}.json"
+    (OUT / name).write_text(json.dumps(curve, indent=1))
     return 0
 
 

@@ -120,11 +120,11 @@ class ExtraLesion:
 
 # Neck nodes by level (body coordinates: x left, y posterior, z superior; origin at the vertex):
 # level II beside the submandibular glands, behind and lateral to them (jugulodigastric); level VI
-# paratracheal, left of the trachea below the thyroid bed. Plus CT-only lung nodules (no uptake).
+# paratracheal, in the right tracheo-oesophageal groove below the thyroid bed. Plus CT-only lung nodules (no uptake).
 EXTRA_LESIONS: tuple[ExtraLesion, ...] = (
     ExtraLesion("node_level_ii_r", METASTASIS, "lymph node (level II)", (-45.0, -5.0, -195.0), 11.0, 9.0, 45.0),
     ExtraLesion("node_level_ii_l", METASTASIS, "lymph node (level II)", (45.0, -5.0, -193.0), 10.0, 8.0, 45.0),
-    ExtraLesion("node_level_vi", METASTASIS, "lymph node (level VI)", (-13.0, -22.0, -240.0), 9.0, 10.0, 45.0),
+    ExtraLesion("node_level_vi", METASTASIS, "lymph node (level VI)", (-13.0, -6.0, -240.0), 9.0, 10.0, 45.0),
     ExtraLesion("ct_nodule_1", NON_AVID, "lung", (-70.0, 30.0, -350.0), 6.0, 0.3, 40.0),
     ExtraLesion("ct_nodule_2", NON_AVID, "lung", (75.0, 40.0, -360.0), 8.0, 0.3, 40.0),
     ExtraLesion("ct_nodule_3", NON_AVID, "lung", (60.0, 50.0, -440.0), 10.0, 0.3, 40.0),
