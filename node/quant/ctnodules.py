@@ -78,8 +78,20 @@ def _lungs(hu: np.ndarray, voxel_ml: float, spacing_ji: tuple[float, float]) -> 
 
 def find_ct_nodules(ct: Volume, min_diameter_mm: float = 5.0) -> list[CtNodule]:
     """Solid lung nodules of at least `min_diameter_mm` (module docstring), largest response first."""
+    # The lungs' extent first on a coarse copy (whole-body CT need not be held in float at full size).
+    step = max(1, int(4.0 // ct.spacing[0]))
+    coarse_sp = (ct.spacing[2], ct.spacing[1] * step, ct.spacing[0] * step)
+    coarse = _lungs(ct.array[:, ::step, ::step].astype(np.float32), float(np.prod(coarse_sp)) / 1000.0,
+                    coarse_sp[1:])
+    if not coarse.any():
+        return []
+    cbox = ndimage.find_objects(coarse.astype(np.int8))[0]
+    margin = [math.ceil(15.0 / s) for s in ct.spacing[::-1]]
+    crop = tuple(slice(max(b.start * f - m, 0), min(b.stop * f + m, n))
+                 for b, f, m, n in zip(cbox, (1, step, step), margin, ct.array.shape, strict=True))
+    offset = np.array([c.start for c in crop], float)
     zoom = [1.0, min(1.0, ct.spacing[1] / WORK_PIXEL_MM), min(1.0, ct.spacing[0] / WORK_PIXEL_MM)]
-    hu = ct.array.astype(np.float32)
+    hu = ct.array[crop].astype(np.float32)
     if zoom[1] < 1 or zoom[2] < 1:
         hu = ndimage.zoom(hu, zoom, order=1)
     spacing_kji = (ct.spacing[2], ct.spacing[1] / zoom[1], ct.spacing[0] / zoom[2])
@@ -124,7 +136,7 @@ def find_ct_nodules(ct: Volume, min_diameter_mm: float = 5.0) -> list[CtNodule]:
             continue
         taken.append(pos)
         full = np.array([b.start for b in box]) + kji
-        full_native = full / np.array(zoom)
+        full_native = offset + full / np.array(zoom)
         centre = ct.index_to_lps(full_native[None, :].astype(float))[0]
         found.append(CtNodule(tuple(round(float(c), 2) for c in centre), round(diameter, 1), round(mean_hu, 1),
                               round(ratio, 3), float(best[tuple(kji)])))
