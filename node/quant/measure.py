@@ -43,6 +43,7 @@ DEFAULT_ACTIVITY_MARGIN_MM = 10.0  # ~1.5 x the 124I effective FWHM: > 99 % of a
 SALIVARY_GLAND_MIN_ML = 3.0
 # The thyroid lobes reach about 2-2.5 cm either side of the tracheal axis.
 THYROID_BED_HALF_WIDTH_MM = 25.0
+KIDNEY_MIN_ML = 15.0
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,10 @@ def classify(centroid: np.ndarray, volume_ml: float, mean_hu: float | None, elon
     if z < base + 40 and not in_bone:  # abdomen and pelvis
         if z < base - 250 and abs(dx) < 50 and volume_ml > 30 and mean_hu is not None and -30 < mean_hu < 40:
             return "physiological:bladder", "pelvis"
+        # A kidney: paired, or alone when the focus has an organ's size (a kidney is 100-200 ml; its pole
+        # cut by the field of view still tens of ml): after a nephrectomy, or with the other one not focal.
         if (base - 160 < z < base - 20 and 45 < abs(dx) < 120 and y > lm.body_centre_y + 15
-                and partner(max_dz=60, tol_x=30)):
+                and (partner(max_dz=60, tol_x=30) or volume_ml >= KIDNEY_MIN_ML)):
             return "physiological:kidney", "retroperitoneum"
         # The stomach lies in the left upper abdomen, anterior (kidneys are posterior).
         if base - 150 < z and dx > 10 and y < lm.body_centre_y and volume_ml > 15 and (mean_hu is None
