@@ -140,11 +140,21 @@ def _cmd_suv(args: argparse.Namespace) -> int:
     except (VolumeError, SuvError) as exc:
         print(f"iodine-node suv: {exc}", file=sys.stderr)
         return 1
-    suv = volume.with_array(volume.array * np.asarray(calc.factors, np.float32)[:, None, None])
+    from node.quant.suvtypes import UNITS, ratio_to_bw
+
+    try:
+        ratio = ratio_to_bw(calc.patient, args.type)
+    except SuvError as exc:
+        print(f"iodine-node suv: {exc}", file=sys.stderr)
+        return 1
+    suv = volume.with_array(volume.array * (np.asarray(calc.factors, np.float64) * ratio).astype(np.float32)[:, None,
+                                                                                                            None])
     sitk.WriteImage(suv.to_sitk(), str(args.output))
     factors = sorted(set(calc.factors))
     print(f"SUVbw factor: {factors[0]:.10g}" + (f" .. {factors[-1]:.10g} (per slice)" if len(factors) > 1 else "")
           + f" (g per {'Bq/ml' if calc.units == 'BQML' else calc.units} unit)")
+    if args.type != "bw":
+        print(f"SUV type {args.type} ({UNITS[args.type]}): SUVbw x {ratio:.10g}")
     for line in calc.derivation:
         print(f"  {line}")
     for line in calc.warnings:
@@ -223,6 +233,7 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
         seed=args.seed, size=args.size, vendor=args.vendor, timepoint=args.timepoint, uptake_h=args.uptake_h,
         activity_mbq=args.activity_mbq, tsh=args.tsh, noise=args.noise, psf_fwhm_mm=args.fwhm_mm,
         patient_name=args.patient_name, charset=args.charset,
+        realistic=args.realistic, noise_model=args.noise_model, frame_s=args.frame_s,
     )
     try:
         options.check()
@@ -278,8 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_cmd_jobs)
 
-    p = command("suv", "write the SUVbw volume of one PET series (NIfTI) and explain the factor")
+    p = command("suv", "write the SUV volume of one PET series (NIfTI) and explain the factor")
     p.add_argument("series_dir", type=Path)
+    p.add_argument("--type", default="bw", choices=("bw", "lbm-james", "sul-janmahasatian", "bsa", "ibw"),
+                   help="normalisation: body weight (default), lean body mass (James-128), SUL (Janmahasatian, "
+                        "PERCIST), body surface area (Du Bois, cm2/ml), ideal body weight")
     p.add_argument("--output", type=Path, required=True, help="e.g. suv.nii.gz")
     p.set_defaults(func=_cmd_suv)
 
@@ -307,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fwhm-mm", type=float, default=7.0, help="PET point-spread FWHM")
     p.add_argument("--patient-name", default="PHANTOM^IODINE")
     p.add_argument("--charset", default="ISO_IR 192", help="SpecificCharacterSet, e.g. 'GB18030'")
+    p.add_argument("--realistic", action="store_true",
+                   help="lobulated heterogeneous lesions, neck nodes, CT-only nodules, positron-range tails, "
+                        "breathing blur (docs/phantom.md)")
+    p.add_argument("--noise-model", choices=("fixed", "counts"), default="fixed",
+                   help="counts: --noise is the CoV of a reference scan; this scan's follows its counts")
+    p.add_argument("--frame-s", type=float, default=None, help="seconds per bed position")
     p.set_defaults(func=_cmd_phantom)
     return parser
 

@@ -263,6 +263,7 @@ class SuvSection(_Section):
     """How SUV is derived where headers leave a choice (QIBA SUV pseudo-code; docs/science.md)."""
 
     time_only_administration_days_before: Annotated[int, Field(ge=0, le=30)] | None = None
+    report_type: Literal["bw", "lbm-james", "sul-janmahasatian", "bsa", "ibw"] = "bw"
 
 
 class DetectionSection(_Section):
@@ -277,6 +278,7 @@ class DetectionSection(_Section):
     max_volume_ml: PositiveFloat = _DET.max_volume_ml
     max_lesions: Annotated[int, Field(ge=1, le=5000)] = _DET.max_lesions
     split_touching: bool = _DET.split_touching
+    false_foci_per_scan: Annotated[float, Field(ge=0, le=10)] = _DET.false_foci_per_scan
 
 
 class SegmentationSection(_Section):
@@ -312,6 +314,28 @@ class SeriesSection(_Section):
     exclude_description: list[Regex] = list(DEFAULT_EXCLUDE)
 
 
+class CtNodulesSection(_Section):
+    """Solid lung nodules found on CT without a PET focus (non-avid lesions)."""
+
+    enabled: bool = True
+    min_diameter_mm: Annotated[float, Field(ge=3, le=30)] = 5.0
+
+
+class RecoveryCurvePoint(_Section):
+    """One sphere of a recovery measurement: diameter and recovery coefficient (measured / true)."""
+
+    diameter_mm: PositiveFloat
+    rc: Annotated[float, Field(gt=0, le=1.5)]
+
+
+class RecoverySection(_Section):
+    """Partial-volume recovery by the best size estimate (CT diameter, else sphere fit), beside the values."""
+
+    enabled: bool = True
+    curve: Annotated[list[RecoveryCurvePoint], Field(min_length=1)] = [
+        RecoveryCurvePoint(diameter_mm=d, rc=rc) for d, rc in ((8.5, 0.43), (19.4, 0.72))]
+
+
 class QuantificationSection(_Section):
     suv: SuvSection = SuvSection()
     detection: DetectionSection = DetectionSection()
@@ -320,6 +344,8 @@ class QuantificationSection(_Section):
     partial_volume: list[RecoveryPoint] | None = None
     activity_margin_mm: PositiveFloat = 10.0
     series: SeriesSection = SeriesSection()
+    ct_nodules: CtNodulesSection = CtNodulesSection()
+    recovery: RecoverySection = RecoverySection()
 
 
 class TshSection(_Section):

@@ -220,3 +220,75 @@ def test_cli_phantom(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert len(list((tmp_path / "out" / "PT").glob("*.dcm"))) == truth["series"]["pet"]["instances"]
     assert main(["phantom", str(tmp_path / "bad"), "--activity-mbq", "0"]) == 2
     assert "activity_mbq must be 1..1000 MBq, got 0.0" in capsys.readouterr().err
+
+
+# -- the realistic variant (node.phantom.realism) -------------------------------------------------
+
+
+@pytest.mark.peer
+def test_realistic_is_deterministic_and_dciodvfy_clean(tmp_path: Path) -> None:
+    opts = PhantomOptions(seed=2, realistic=True, noise=0.3)
+    a = generate_phantom(tmp_path / "a", opts)
+    b = generate_phantom(tmp_path / "b", opts)
+    assert digest(a.files) == digest(b.files)
+    classic = generate_phantom(tmp_path / "c", PhantomOptions(seed=2, noise=0.3))
+    assert a.truth["study_instance_uid"] != classic.truth["study_instance_uid"]
+    errors = [e for f in (a.ct_files[::10] + a.pet_files[::10]) for e in dciodvfy_errors(f)]
+    assert errors == []
+    names = {r["name"]: r for r in a.truth["regions"]}
+    # Neck nodes by level, CT-only nodules, a lone submandibular gland (seed 2), blood pool vessels.
+    assert {"node_level_ii_r", "node_level_ii_l", "node_level_vi", "ct_nodule_vessel"} <= names.keys()
+    assert "submandibular_r" in names and "submandibular_l" not in names
+    assert {r["kind"] for r in a.truth["regions"] if r["name"].startswith("ct_nodule")} == {"non-avid"}
+    assert a.truth["positron_range_mm"] == 3.0 and a.truth["respiratory_mm"] == 12.0
+    # Lesion cores (heterogeneity) are painted but not listed as regions of their own.
+    assert not any("core" in n or "hot_spot" in n for n in names)
+
+
+def test_counts_noise_model_follows_activity_and_time() -> None:
+    """CoV ~ 1/sqrt(counts): a 96 h scan of the same administration is noisier by 2^(72 h / 2 T1/2)."""
+    from node.phantom.generate import REFERENCE_ACTIVITY_BQ, REFERENCE_WEIGHT_KG, scan_noise_cov
+
+    lam = math.log(2) / 360806.4
+    ref = REFERENCE_ACTIVITY_BQ / (REFERENCE_WEIGHT_KG * 1000)
+    opts = PhantomOptions(noise=0.2, noise_model="counts")
+    at_24 = scan_noise_cov(opts, ref * math.exp(-lam * 24 * 3600), 600.0)
+    at_96 = scan_noise_cov(opts, ref * math.exp(-lam * 96 * 3600), 600.0)
+    assert at_24 == pytest.approx(0.2)
+    assert at_96 / at_24 == pytest.approx(2 ** (72 / 100.224 / 2), rel=1e-9)
+    assert scan_noise_cov(opts, ref * math.exp(-lam * 24 * 3600), 150.0) == pytest.approx(0.4)  # 4x fewer counts
+    assert scan_noise_cov(PhantomOptions(noise=0.2), 1.0, 1.0) == 0.2  # fixed: as given
+
+
+def test_counts_noise_is_measurably_higher_late(tmp_path: Path) -> None:
+    """In the images: soft-tissue CoV of a 96 h scan against a 24 h scan of one administration."""
+    def cov(uptake_h: float) -> float:
+        ph = generate_phantom(tmp_path / f"u{uptake_h}", PhantomOptions(seed=3, uptake_h=uptake_h, noise=0.15,
+                                                                       noise_model="counts", activity_mbq=100))
+        # A 24 mm cube in the (uniform) liver, centred at body (-65, -5, -540) mm.
+        ds = [d for d in (pydicom.dcmread(f) for f in ph.pet_files) if abs(float(d.ImagePositionPatient[2]) + 540) < 12]
+        d0 = ds[0]
+        col = round((-65 - float(d0.ImagePositionPatient[0])) / float(d0.PixelSpacing[1]))
+        row = round((-5 - float(d0.ImagePositionPatient[1])) / float(d0.PixelSpacing[0]))
+        values = np.concatenate([(d.pixel_array * float(d.RescaleSlope))[row - 3:row + 4, col - 3:col + 4].ravel()
+                                 for d in ds])
+        return float(values.std() / values.mean()), ph.truth["noise_cov_soft_tissue"]
+
+    (early, early_set), (late, late_set) = cov(24.0), cov(96.0)
+    assert late_set / early_set == pytest.approx(2 ** (72 / 100.224 / 2), rel=1e-6)
+    assert late > 1.1 * early
+
+
+def test_positron_range_kernel_has_tails() -> None:
+    from node.phantom.render import positron_range_kernel
+
+    k = positron_range_kernel((2.0, 2.0, 2.0), 3.0)
+    assert k.sum() == pytest.approx(1.0)
+    c = np.array(k.shape) // 2
+    # An exponential 3D range of mean 3 mm: 1 - e^-(r/3) of the positrons annihilate within r; the
+    # emitting 2 mm voxel keeps about a third, and about 5 % travel beyond 9 mm (a Gaussian of the
+    # same core would put nothing there).
+    assert 0.2 < k[tuple(c)] < 0.5
+    zz, yy, xx = np.indices(k.shape)
+    r = 2.0 * np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2)
+    assert 0.02 < k[r > 9].sum() < 0.1

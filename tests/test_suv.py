@@ -219,8 +219,8 @@ def test_philips_private_factors_ignored_with_bqml() -> None:
 def test_gml_cm2ml_and_other_normalisations() -> None:
     admin, scan = datetime(2026, 3, 2, 9), datetime(2026, 3, 3, 9)
     assert compute_suv([pet(admin, scan, Units="GML")]).factors == (1.0,)
-    with pytest.raises(SuvError, match="SUVType"):
-        compute_suv([pet(admin, scan, Units="GML", SUVType="LBM")])
+    with pytest.raises(SuvError, match="SUVType"):  # GML of other declared types: tests/test_suv_types.py
+        compute_suv([pet(admin, scan, Units="GML", SUVType="NOTATYPE")])
     bsa_cm2 = 0.007184 * 70**0.425 * 170**0.725 * 1e4
     assert compute_suv([pet(admin, scan, Units="CM2ML")]).factors[0] == pytest.approx(70e3 / bsa_cm2)
     result = compute_suv([pet(admin, scan)])

@@ -88,6 +88,7 @@ SITES: dict[str, Code] = {
     "lung": codes.SCT.Lung,  # 39607008
     "bone": codes.SCT.Bone,  # 272673000
     "neck": codes.SCT.Neck,  # 45048000
+    "neck (level II)": codes.SCT.Neck, "neck (level VI)": codes.SCT.Neck,  # nodal levels (node.quant.measure)
     "mediastinum / chest wall": codes.SCT.Mediastinum,  # 72410000
     "abdomen / pelvis": codes.SCT.AbdomenAndPelvis,  # 818982008
     "thyroid bed": codes.SCT.Thyroid,  # 69748006

@@ -23,7 +23,8 @@ def settle_tracking(doc: dict[str, Any], identity: ResultIdentity) -> dict[int, 
     for lesion in doc["lesions"]:
         if not lesion.get("tracking_uid"):
             lesion["tracking_uid"] = identity.tracking_uid(lesion["id"])
-            lesion["tracking_id"] = f"Lesion {lesion['id']}"
+            ct = " non-avid (CT)" if lesion.get("detection") == "ct" else ""  # the cross-team display text
+            lesion["tracking_id"] = f"Lesion {lesion['id']}{ct}"
         out[lesion["id"]] = (lesion["tracking_uid"], lesion.get("tracking_id") or f"Lesion {lesion['id']}")
     return out
 

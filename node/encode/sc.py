@@ -56,7 +56,7 @@ def _colour(lesion: Lesion) -> tuple[int, int, int]:
 def _label_and_site(lesion: Lesion) -> tuple[str, str]:
     if lesion.label.startswith("physiological:"):
         return "physiological", lesion.label.split(":", 1)[1]
-    return lesion.label, lesion.site
+    return ("non-avid (CT)" if getattr(lesion, "detection", "pet") == "ct" else lesion.label), lesion.site
 
 
 def _mip(vol: Volume, box: tuple[int, int, int, int] = MIP_BOX) -> tuple[Image.Image, tuple[int, int]]:

@@ -25,6 +25,8 @@ def segment_label(lesion: Lesion) -> str:
     if lesion.label.startswith("physiological:"):
         return f"Physiological {lesion.id} ({lesion.label.split(':', 1)[1]})"[:64]
     kind = "Remnant" if lesion.label == "remnant" else "Lesion"
+    if getattr(lesion, "detection", "pet") == "ct":  # found on CT, no PET focus (node.quant.ctlesions)
+        return f"Lesion {lesion.id} ({lesion.site}, non-avid (CT))"[:64]
     return f"{kind} {lesion.id} ({lesion.site}, {'avid' if lesion.iodine_avid else 'not avid'})"[:64]
 
 

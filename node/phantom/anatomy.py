@@ -136,6 +136,7 @@ class Region:
     center: tuple[float, float, float] | None = None
     biological_half_life_h: float | None = None
     change: str | None = None
+    report: bool = True  # False: part of another region (a lesion's core), not listed in truth.json
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from node.phantom.encode import (
     write_ct_slice,
     write_pet_series,
 )
+from node.phantom.realism import make_realistic
 from node.phantom.render import (
     DEFAULT_PSF_FWHM_MM,
     AxialGrid,
@@ -42,6 +43,15 @@ from node.phantom.render import (
 from node.uids import derive_uid
 
 SIZES = ("small", "wholebody")
+
+# The reference acquisition of the counts noise model: 100 MBq, scanned 24 h later, 70 kg, 600 s per
+# bed (the 124I frame of Preylowski et al., PLoS One 2013;8:e71729). Counts per voxel ~ activity
+# concentration at scan time x frame duration x sensitivity (the positron fraction is the same for
+# every 124I scan), and image CoV ~ 1/sqrt(counts).
+REFERENCE_ACTIVITY_BQ = 100e6
+REFERENCE_UPTAKE_H = 24.0
+REFERENCE_WEIGHT_KG = 70.0
+REFERENCE_FRAME_S = 600.0
 TRUTH_SCHEMA = "iodine-node/phantom-truth/v1"
 
 # First administration of every phantom patient; later time points (separate administrations)
@@ -85,6 +95,18 @@ class PhantomOptions:
     psf_fwhm_mm: float = DEFAULT_PSF_FWHM_MM
     patient_name: str = "PHANTOM^IODINE"
     charset: str = "ISO_IR 192"
+    # The realistic variant (node.phantom.realism): lobulated heterogeneous lesions, level II/VI nodes,
+    # CT-only lung nodules and vessels, salivary glands after 131I, textured liver, great vessels,
+    # bowel loops, positron-range tails and respiratory blur. Off: the classic phantom, unchanged.
+    realistic: bool = False
+    # fixed: `noise` is this scan's CoV at soft tissue. counts: `noise` is the CoV of the reference
+    # acquisition (REFERENCE_COUNTS) and this scan's follows its counts: activity at scan time,
+    # frame duration and relative sensitivity (CoV ~ 1/sqrt(counts)).
+    noise_model: str = "fixed"
+    frame_s: float | None = None  # per bed position; None: the size's default (180 / 240 s)
+    sensitivity: float = 1.0  # relative to the reference scanner (counts model only)
+    positron_range_mm: float | None = None  # mean 3D range; None: 3.0 if realistic else 0 (pure Gaussian)
+    respiratory_mm: float | None = None  # cranio-caudal blur at the lung bases; None: 12 if realistic else 0
 
     def check(self) -> None:
         if self.size not in SIZES:
@@ -101,6 +123,23 @@ class PhantomOptions:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
         if self.psf_fwhm_mm < 0:
             raise ValueError(f"psf_fwhm_mm must be >= 0, got {self.psf_fwhm_mm}")
+        if self.noise_model not in ("fixed", "counts"):
+            raise ValueError(f"noise_model must be fixed or counts, got {self.noise_model!r}")
+        if self.frame_s is not None and not 10 <= self.frame_s <= 3600:
+            raise ValueError(f"frame_s must be 10..3600 s, got {self.frame_s}")
+        if not 0.01 <= self.sensitivity <= 100:
+            raise ValueError(f"sensitivity must be 0.01..100, got {self.sensitivity}")
+        for name in ("positron_range_mm", "respiratory_mm"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 30:
+                raise ValueError(f"{name} must be 0..30 mm, got {value}")
+
+    @property
+    def extra_key(self) -> tuple[object, ...]:
+        """Options beyond the classic ones, for the UIDs (empty for a classic phantom: its UIDs stay)."""
+        extra = (self.realistic, self.noise_model, self.frame_s, self.sensitivity, self.positron_range_mm,
+                 self.respiratory_mm)
+        return () if extra == (False, "fixed", None, 1.0, None, None) else extra
 
 
 @dataclass
@@ -165,6 +204,18 @@ def analytic_131i(kin: Kinetics, conc_bq_per_ml: float, diameter_mm: float, upta
             "gy_per_gbq": LOCAL_DEPOSITION_GY_G_PER_MBQ_H * tia_h * 1000.0 / volume_ml}
 
 
+LUNG_BASE_BODY_Z = -525.0  # the lungs' lowest point in body coordinates (node.phantom.anatomy)
+
+
+def scan_noise_cov(opts: PhantomOptions, suv_to_bq_per_ml: float, frame_s: float) -> float:
+    """The CoV at soft tissue of this scan (see PhantomOptions.noise_model)."""
+    if opts.noise_model == "fixed" or opts.noise == 0:
+        return opts.noise
+    lam = math.log(2) / I124_HALF_LIFE_S
+    ref_conc = REFERENCE_ACTIVITY_BQ * math.exp(-lam * REFERENCE_UPTAKE_H * 3600) / (REFERENCE_WEIGHT_KG * 1000)
+    return opts.noise * math.sqrt(ref_conc * REFERENCE_FRAME_S / (suv_to_bq_per_ml * frame_s * opts.sensitivity))
+
+
 def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None) -> PhantomResult:
     """Write CT/ and PT/ series and truth.json under `out_dir`; deterministic for given options."""
     opts = options or PhantomOptions()
@@ -182,7 +233,7 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
     scan_start = administration + timedelta(hours=opts.uptake_h)
 
     key = (opts.seed, opts.size, opts.vendor, opts.timepoint, opts.uptake_h, activity_mbq, opts.noise,
-           opts.psf_fwhm_mm)
+           opts.psf_fwhm_mm, *opts.extra_key)
     study_uid = derive_uid("phantom-study", *key)
     info = StudyInfo(
         vendor=opts.vendor,
@@ -208,6 +259,11 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
     pet_series_uid = derive_uid("phantom-pt", *key)
 
     model = build_patient(opts.seed, opts.timepoint, opts.uptake_h, wholebody=opts.size == "wholebody")
+    if opts.realistic:
+        model = make_realistic(model, opts.seed, opts.timepoint, opts.uptake_h)
+    positron_mm = opts.positron_range_mm if opts.positron_range_mm is not None else (3.0 if opts.realistic else 0.0)
+    respiratory_mm = opts.respiratory_mm if opts.respiratory_mm is not None else (12.0 if opts.realistic else 0.0)
+    frame_s = opts.frame_s or spec.frame_s
     pose = patient_position(opts.seed, opts.timepoint)
     tz = pose.translation[2]
     ct_grid = AxialGrid(spec.ct_matrix, spec.ct_matrix, spec.ct_pixel_mm,
@@ -224,19 +280,23 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
     result = PhantomResult(out, {})
     ct_noise_hu = 60.0 * opts.noise
     ct_uids = []
-    for k, hu in enumerate(render_ct_slices(model, pose, ct_grid, ct_noise_hu, opts.seed)):
+    for k, hu in enumerate(render_ct_slices(model, pose, ct_grid, ct_noise_hu, opts.seed,
+                                                         z_subsamples=3 if opts.realistic else 1)):
         ct_uids.append(write_ct_slice(out / "CT", info, ct_series_uid, ct_grid, k, hu))
         result.ct_files.append(out / "CT" / f"CT_{k + 1:04d}.dcm")
 
-    conc = render_pet_volume(model, pose, pet_grid, suv_to_bq_per_ml, opts.psf_fwhm_mm, opts.noise, opts.seed)
-    timing = BedTiming(frame_s=spec.frame_s, bed_step_mm=spec.bed_step_mm)
+    noise_cov = scan_noise_cov(opts, suv_to_bq_per_ml, frame_s)
+    lung_base = pose.to_scanner(np.array([0.0, 0.0, LUNG_BASE_BODY_Z]))[2]
+    conc = render_pet_volume(model, pose, pet_grid, suv_to_bq_per_ml, opts.psf_fwhm_mm, noise_cov, opts.seed,
+                             positron_range_mm=positron_mm, respiratory_mm=respiratory_mm, lung_base_z=lung_base)
+    timing = BedTiming(frame_s=frame_s, bed_step_mm=spec.bed_step_mm)
     pet_uids = write_pet_series(out / "PT", info, pet_series_uid, pet_grid, conc, timing)
     result.pet_files = [out / "PT" / f"PT_{k + 1:04d}.dcm" for k in range(len(pet_uids))]
 
     z_lo, z_hi = min(pet_grid.z_mm), max(pet_grid.z_mm)
     regions = []
     for region in model.regions:
-        if region.suv is None:
+        if region.suv is None or not region.report:
             continue
         center = pose.to_scanner(_center_of(region))
         if not z_lo <= center[2] <= z_hi:
@@ -288,6 +348,12 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
         "suvbw_factor_g_per_bq": patient["weight_kg"] * 1000.0 / decayed_bq,
         "psf_fwhm_mm": opts.psf_fwhm_mm,
         "noise": opts.noise,
+        "noise_cov_soft_tissue": round(noise_cov, 6),
+        "noise_model": opts.noise_model,
+        "frame_s": frame_s,
+        "positron_range_mm": positron_mm,
+        "respiratory_mm": respiratory_mm,
+        "realistic": opts.realistic,
         "pose": {"rot_z_deg": pose.rot_z_deg, "rot_x_deg": pose.rot_x_deg, "translation_mm": list(pose.translation)},
         "series": {
             "ct": {"series_instance_uid": ct_series_uid, "instances": len(ct_uids),

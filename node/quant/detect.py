@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from node.quant.significance import SignificanceTest
 from node.quant.volume import Volume
 
 
@@ -31,6 +32,11 @@ class DetectionSettings:
     max_volume_ml: float = 1000.0  # larger regions are diffuse uptake, not a focus
     max_lesions: int = 300
     split_touching: bool = True
+    # Noise-aware decision: a focus must stand out from its surroundings in SUVpeak (the 1 cm³ sphere
+    # mean, PERCIST) by more than the local noise allows, at a significance level that keeps the
+    # expected number of noise foci per scan at this value (Bonferroni over the body's 1 ml cells).
+    # 0 turns the test off (the contrast rules alone, as before).
+    false_foci_per_scan: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Focus:
     peak_suv: float
     seed_background_suv: float
     threshold_suv: float
+    significance: float | None = None  # (SUVpeak - local median) / local noise of SUVpeak; None: not tested
 
 
 def ball_offsets(spacing_kji: tuple[float, float, float], r_in: float, r_out: float) -> np.ndarray:
@@ -152,6 +159,7 @@ def detect_foci(suv_vol: Volume, body: np.ndarray | None, det: DetectionSettings
     labels = np.zeros(suv.shape, np.int32)
     consumed = np.zeros(suv.shape, bool)
     foci: list[Focus] = []
+    tester = SignificanceTest.build(suv_vol, inside, det, reference_suv) if det.false_foci_per_scan > 0 else None
     masked_suv = np.where(inside, suv, np.nan).astype(np.float32)
     for seed_arr in seeds:
         seed = (int(seed_arr[0]), int(seed_arr[1]), int(seed_arr[2]))
@@ -171,6 +179,12 @@ def detect_foci(suv_vol: Volume, body: np.ndarray | None, det: DetectionSettings
         if bg is None or peak < det.min_contrast * max(bg, 1e-6) or peak - bg < det.min_delta_suv:
             consumed[box] |= provisional
             continue
+        z = None
+        if tester is not None:
+            z = tester.focus_z(seed, labels, box, provisional)
+            if z is None:
+                consumed[box] |= provisional
+                continue
         threshold = _threshold(seg, peak, bg, None)
         box, region = _grow(suv, labels, seed, threshold, radius_vox)
         if seg.method == "jentzen":
@@ -191,12 +205,12 @@ def detect_foci(suv_vol: Volume, body: np.ndarray | None, det: DetectionSettings
             continue
         n = len(foci) + 1
         labels[box][region] = n
-        foci.append(Focus(n, seed, peak, bg, threshold))
+        foci.append(Focus(n, seed, peak, bg, threshold, z))
         if len(foci) >= det.max_lesions:
             break
     if det.split_touching:
         smooth = ndimage.gaussian_filter(suv, sigma=1.0)  # saddles judged without noise bumps
-        labels, foci = _split_touching(suv_vol, smooth, labels, foci, seeds, det)
+        labels, foci = _split_touching(suv_vol, smooth, labels, foci, seeds, det, tester)
     return labels, foci
 
 
@@ -205,7 +219,7 @@ SPLIT_SADDLE_RATIO = 0.85  # the dip between them (smoothed), relative to the lo
 
 
 def _split_touching(suv_vol: Volume, smooth: np.ndarray, labels: np.ndarray, foci: list[Focus], seeds: np.ndarray,
-                    det: DetectionSettings) -> tuple[np.ndarray, list[Focus]]:
+                    det: DetectionSettings, tester: SignificanceTest | None = None) -> tuple[np.ndarray, list[Focus]]:
     """A region holding two distinct maxima (at least SPLIT_MIN_DISTANCE_MM apart, with the smoothed
     SUV between them dipping below SPLIT_SADDLE_RATIO of the lower one) is two lesions: split it
     by a marker watershed on the inverted SUV. Noise bumps on a large organ are not maxima of this kind."""
@@ -253,12 +267,15 @@ def _split_touching(suv_vol: Volume, smooth: np.ndarray, labels: np.ndarray, foc
             part = ws == idx
             if not part.any():
                 continue
+            seed = tuple(a + b.start for a, b in zip(rel, bbox, strict=True))
+            if idx != 1 and tester is not None and tester.seed_z(seed, out_labels) < tester.z_crit:
+                continue  # a maximum the noise explains: its voxels stay with the first part
             lab = focus.label if idx == 1 else next_label
             if idx != 1:
                 next_label += 1
             sub = out_labels[bbox]
             sub[part] = lab
-            seed = tuple(a + b.start for a, b in zip(rel, bbox, strict=True))
-            out.append(Focus(lab, seed, float(suv_vol.array[seed]), focus.seed_background_suv, focus.threshold_suv))
+            out.append(Focus(lab, seed, float(suv_vol.array[seed]), focus.seed_background_suv, focus.threshold_suv,
+                             focus.significance))
     out.sort(key=lambda f: -f.peak_suv)
     return out_labels, out

@@ -38,6 +38,14 @@ SPHERE_FIT_MARGIN_MM = 12.0  # the voxels the sphere fit sees: the lesion and it
 DEFAULT_ACTIVITY_MARGIN_MM = 10.0  # ~1.5 x the 124I effective FWHM: > 99 % of a Gaussian's spill
 
 
+# Neck anatomy (Som et al., Arch Otolaryngol Head Neck Surg 1999;125:388 for the nodal levels): an adult
+# submandibular gland is several ml and a parotid 15-30 ml, a cervical node below 15 mm under 2 ml.
+SALIVARY_GLAND_MIN_ML = 3.0
+# The thyroid lobes reach about 2-2.5 cm either side of the tracheal axis.
+THYROID_BED_HALF_WIDTH_MM = 25.0
+KIDNEY_MIN_ML = 15.0
+
+
 @dataclass(frozen=True)
 class AvidSettings:
     lbr_threshold: float = 3.0
@@ -80,6 +88,9 @@ class Lesion:
     activity_recovered_mbq: float | None = None  # spill-out recovered (enlarged VOI), at scan time
     sphere: SphereFit | None = None  # blurred-sphere fit: size without a threshold (dosimetry mass)
     percent_injected_activity_recovered: float | None = None
+    detection: str = "pet"  # "pet": a PET focus; "ct": a solid nodule found on CT, measured on PET at its site
+    ct_diameter_mm: float | None = None
+    recovery: dict[str, float | str] | None = None  # partial-volume recovery by the best size (node.quant.recovery)
 
 
 def peak_kernel(spacing_kji: tuple[float, float, float], radius_mm: float = PEAK_SPHERE_RADIUS_MM) -> np.ndarray:
@@ -123,19 +134,26 @@ def classify(centroid: np.ndarray, volume_ml: float, mean_hu: float | None, elon
                    for o in others)
 
     if z > apex + 70:  # head and upper neck
-        if abs(dx) > 20 and partner():
+        # A salivary gland by position (lateral, above the lower neck) and size, not by symmetry: a
+        # lone gland (the other destroyed by earlier 131I) is still a gland; a node is not.
+        if abs(dx) > 20 and volume_ml >= SALIVARY_GLAND_MIN_ML and not in_bone:
             return "physiological:salivary gland", "head and neck"
         if abs(dx) < 15 and lm.trachea_xy is not None and y < lm.trachea_xy[1] - 30 and z > apex + 100:
             return "physiological:nasal mucosa", "head"
-    if lm.trachea_xy is not None and apex - 10 < z < apex + 70:
+    if lm.trachea_xy is not None and apex - 10 < z < apex + 70 and not in_bone:
         tx, ty = lm.trachea_xy
-        if abs(x - tx) < 20 and y < ty + 5 and not in_bone:
-            return "remnant", "thyroid bed"
+        # The thyroid bed lies in front of and beside the trachea, bounded behind by the
+        # tracheo-oesophageal grooves at the trachea's posterolateral margin; what lies beside or behind
+        # the trachea's centre line is in the groove: a central-compartment (level VI) node.
+        if abs(x - tx) < THYROID_BED_HALF_WIDTH_MM:
+            return ("remnant", "thyroid bed") if y < ty else ("metastasis", "neck (level VI)")
     if z < base + 40 and not in_bone:  # abdomen and pelvis
         if z < base - 250 and abs(dx) < 50 and volume_ml > 30 and mean_hu is not None and -30 < mean_hu < 40:
             return "physiological:bladder", "pelvis"
+        # A kidney: paired, or alone when the focus has an organ's size (a kidney is 100-200 ml; its pole
+        # cut by the field of view still tens of ml): after a nephrectomy, or with the other one not focal.
         if (base - 160 < z < base - 20 and 45 < abs(dx) < 120 and y > lm.body_centre_y + 15
-                and partner(max_dz=60, tol_x=30)):
+                and (partner(max_dz=60, tol_x=30) or volume_ml >= KIDNEY_MIN_ML)):
             return "physiological:kidney", "retroperitoneum"
         # The stomach lies in the left upper abdomen, anterior (kidneys are posterior).
         if base - 150 < z and dx > 10 and y < lm.body_centre_y and volume_ml > 15 and (mean_hu is None
@@ -147,6 +165,8 @@ def classify(centroid: np.ndarray, volume_ml: float, mean_hu: float | None, elon
         return "metastasis", "bone"
     if in_lung:
         return "metastasis", "lung"
+    if z > apex + 50 and abs(dx) > 20:
+        return "metastasis", "neck (level II)"
     if z > apex:
         return "metastasis", "neck"
     if z > base:

@@ -22,6 +22,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 import node
+from node.quant.ctlesions import DISPLAY as CT_DISPLAY
+from node.quant.ctlesions import add_ct_lesions
+from node.quant.ctnodules import CtNodule, find_ct_nodules
 from node.quant.detect import DetectionSettings, SegmentationSettings, detect_foci
 from node.quant.landmarks import Landmarks, find_landmarks
 from node.quant.measure import (
@@ -32,7 +35,9 @@ from node.quant.measure import (
     measure_lesions,
     soft_tissue_reference,
 )
-from node.quant.suv import SuvCalculation, SuvSettings, compute_suv
+from node.quant.recovery import DEFAULT_CURVE_MM, with_recovery
+from node.quant.suv import SuvCalculation, SuvError, SuvSettings, compute_suv
+from node.quant.suvtypes import ratio_to_bw
 from node.quant.volume import Volume, assemble, resample_like
 
 RESULTS_SCHEMA = "iodine-node/results/v1"
@@ -53,6 +58,10 @@ class QuantSettings:
     activity_margin_mm: float = DEFAULT_ACTIVITY_MARGIN_MM
     include_description: tuple[str, ...] = ()
     exclude_description: tuple[str, ...] = DEFAULT_EXCLUDE
+    ct_nodules: bool = True  # solid lung nodules found on CT without a PET focus (node.quant.ctnodules)
+    ct_nodule_min_diameter_mm: float = 5.0
+    # Partial-volume recovery by the best size ((diameter mm, RC) points; None: off); node.quant.recovery
+    recovery_curve: tuple[tuple[float, float], ...] | None = DEFAULT_CURVE_MM
 
 
 def settings_from_config(section: Any) -> QuantSettings:
@@ -66,6 +75,10 @@ def settings_from_config(section: Any) -> QuantSettings:
         activity_margin_mm=section.activity_margin_mm,
         include_description=tuple(section.series.include_description),
         exclude_description=tuple(section.series.exclude_description),
+        ct_nodules=section.ct_nodules.enabled,
+        ct_nodule_min_diameter_mm=section.ct_nodules.min_diameter_mm,
+        recovery_curve=(tuple((p.diameter_mm, p.rc) for p in section.recovery.curve) if section.recovery.enabled
+                        else None),
     )
 
 
@@ -178,12 +191,17 @@ def quantify_series(pet: Sequence[Dataset], ct: Sequence[Dataset] | None, settin
     """The pure pipeline over loaded datasets."""
     seconds: dict[str, float] = {}
     warnings: list[str] = []
+    nodules: list[CtNodule] = []
     t = time.perf_counter()
     suv_vol, ordered, calc = suv_volume(pet, settings.suv)
     ct_on_pet: Volume | None = None
     if ct:
         ct_vol, _ = assemble(ct, f"CT series {ct[0].get('SeriesInstanceUID', '')}", dtype=np.int16)
         ct_on_pet = resample_like(ct_vol, suv_vol, -1000.0)
+        if settings.ct_nodules:
+            t_ct = time.perf_counter()
+            nodules = find_ct_nodules(ct_vol, settings.ct_nodule_min_diameter_mm)
+            seconds["ct_nodules"] = time.perf_counter() - t_ct
         del ct_vol
     warnings += list(calc.warnings)
     seconds["load_suv"] = time.perf_counter() - t
@@ -203,6 +221,9 @@ def quantify_series(pet: Sequence[Dataset], ct: Sequence[Dataset] | None, settin
                                          ct_on_pet.array if ct_on_pet is not None else None, settings.avid,
                                          list(settings.recovery) if settings.recovery else None,
                                          settings.activity_margin_mm)
+    if nodules:
+        labels, lesions = add_ct_lesions(suv_vol, labels, lesions, nodules, scale, lm)
+    lesions = with_recovery(lesions, settings.recovery_curve)
     seconds["measure"] = time.perf_counter() - t
     if lm is None:
         warnings.append("no CT: physiological uptake is not recognised; every focus is listed as a lesion")
@@ -227,10 +248,17 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
     """results.json, schema iodine-node/results/v1 (docs/results-schema.md)."""
     h = result.pet_headers[0]
     calc = result.suv
+    suv_type = settings.suv.report_type
+    try:
+        type_ratio: float | None = ratio_to_bw(calc.patient, suv_type)
+    except SuvError as exc:  # e.g. SUL without height or sex: said, SUVbw still stands
+        type_ratio = None
+        notes = [*notes, f"SUV type {suv_type} not reported: {exc}"]
     lesions = []
     for les in result.lesions:
         lesions.append({
-            "id": les.id, "label": les.label, "site": les.site, "centroid_mm": list(les.centroid_mm),
+            "id": les.id, "label": les.label, "detection": les.detection, "ct_diameter_mm": les.ct_diameter_mm,
+            "site": les.site, "centroid_mm": list(les.centroid_mm),
             "volume_ml": _round(les.volume_ml), "suv_max": _round(les.suv_max), "suv_peak": _round(les.suv_peak),
             "suv_mean": _round(les.suv_mean), "total_lesion_uptake": _round(les.total_lesion_uptake),
             "activity_mbq": _round(les.activity_mbq, 6),
@@ -245,6 +273,10 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
             "lesion_to_background": _round(les.lesion_to_background), "background_suv": _round(les.background_suv),
             "mean_hu": _round(les.mean_hu, 1), "iodine_avid": les.iodine_avid, "voxels": les.voxels,
             "partial_volume_corrected": les.partial_volume,
+            "recovery": les.recovery,
+            "suv_typed": None if type_ratio is None else {
+                "type": suv_type, "suv_max": _round(les.suv_max * type_ratio),
+                "suv_peak": _round(les.suv_peak * type_ratio), "suv_mean": _round(les.suv_mean * type_ratio)},
             "tracking_uid": None, "tracking_id": None,  # settled when the result objects are built
         })
     return {
@@ -261,6 +293,7 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
         "injected_activity_bq": calc.injected_activity_bq,
         "radionuclide": calc.nuclide,
         "half_life_s": calc.half_life_s,
+        "suv_type": suv_type, "suv_type_ratio_to_bw": _round(type_ratio, 8),
         "suv": {"type": "BW", "units_in": calc.units, "decay_correction": calc.decay_correction,
                 "factor_g_per_unit": _round(calc.factors[0], 12) if len(set(calc.factors)) == 1 else None,
                 "factors_per_slice": None if len(set(calc.factors)) == 1 else [float(f) for f in calc.factors],
@@ -278,7 +311,7 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
 
 CSV_COLUMNS = ("id", "label", "site", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "volume_ml", "suv_max",
                "suv_peak", "suv_mean", "total_lesion_uptake", "activity_mbq", "percent_injected_activity",
-               "lesion_to_background", "background_suv", "mean_hu", "iodine_avid")
+               "lesion_to_background", "background_suv", "mean_hu", "iodine_avid", "detection", "ct_diameter_mm")
 
 
 def write_results(out_dir: Path, document: dict[str, Any]) -> list[Path]:
@@ -291,10 +324,12 @@ def write_results(out_dir: Path, document: dict[str, Any]) -> list[Path]:
         writer.writerow(CSV_COLUMNS)
         for les in document["lesions"]:
             x, y, z = les["centroid_mm"]
-            writer.writerow([les["id"], les["label"], les["site"], x, y, z, les["volume_ml"], les["suv_max"],
+            shown = CT_DISPLAY if les.get("detection", "pet") == "ct" else les["label"]
+            writer.writerow([les["id"], shown, les["site"], x, y, z, les["volume_ml"], les["suv_max"],
                              les["suv_peak"], les["suv_mean"], les["total_lesion_uptake"], les["activity_mbq"],
                              les["percent_injected_activity"], les["lesion_to_background"], les["background_suv"],
-                             les["mean_hu"], les["iodine_avid"]])
+                             les["mean_hu"], les["iodine_avid"], les.get("detection", "pet"),
+                             les.get("ct_diameter_mm")])
     return [json_path, csv_path]
 
 

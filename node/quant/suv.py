@@ -41,6 +41,9 @@ class SuvSettings:
     # long-lived nuclides (124I) an error unless this states how many days before the series
     # date it was given (0 = same day, QIBA's roll-back over midnight applies).
     time_only_administration_days_before: int | None = None
+    # The normalisation results.json reports beside SUVbw (`suv_type`; node.quant.suvtypes.SUV_TYPES).
+    # Detection and the stored lesion SUVs stay SUVbw.
+    report_type: str = "bw"
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,17 @@ class SuvCalculation:
 
     @property
     def uptake_time_s(self) -> float | None:
+        """Administration to scan, in every decay-correction mode: `reference` is the scan's own time
+        (START: the decay-correction reference; ADMIN and NONE: the scan start from the series and
+        acquisition times), never the administration, so serial scans keep their order and spacing."""
         if self.administration is None or self.reference is None:
             return None
         return (self.reference - self.administration).total_seconds()
 
     @property
     def decayed_activity_bq(self) -> float:
-        if self.decay_correction == "ADMIN" or self.uptake_time_s is None:
+        """The administered activity decayed to `reference`: SUV x this / weight = Bq/ml at the scan."""
+        if self.uptake_time_s is None:
             return self.injected_activity_bq
         return self.injected_activity_bq * math.exp(-math.log(2) / self.half_life_s * self.uptake_time_s)
 
@@ -280,6 +287,23 @@ def _reference_time(slices: Sequence[Dataset], half_life_s: float, derivation: l
     return acq_dt
 
 
+def _scan_time(slices: Sequence[Dataset], half_life_s: float, admin: datetime | None, derivation: list[str],
+               warnings: list[str]) -> datetime | None:
+    """The scan's own time for series whose values do not refer to it (DecayCorrection ADMIN or NONE,
+    GML, CM2ML): found as for START (Series DateTime, else the GE scan time, else back-computed from
+    the frame timing; PS3.3 C.8.9.1.1.3), so uptake time, comparison and dosimetry see when the scan
+    was made. None (with a warning) when the headers do not say."""
+    try:
+        scan = _reference_time(slices, half_life_s, derivation, warnings)
+    except SuvError as exc:
+        warnings.append(f"scan time unknown ({exc}); uptake time not reported")
+        return None
+    if admin is not None and scan < admin:
+        warnings.append(f"scan time {scan:%Y-%m-%d %H:%M:%S} precedes the administration: uptake time not reported")
+        return None
+    return scan
+
+
 def compute_suv(slices: Sequence[Dataset], settings: SuvSettings | None = None) -> SuvCalculation:
     """SUVbw scale factors for the slices of one PET series (in their given order)."""
     if not slices:
@@ -325,11 +349,15 @@ def compute_suv(slices: Sequence[Dataset], settings: SuvSettings | None = None) 
     factors: list[float]
 
     if units == "GML":
-        suv_type = str(first.get("SUVType", "") or "").strip().upper()
-        if suv_type not in ("", "BW"):
-            raise SuvError(f"Units GML with SUVType (0054,1006) {suv_type!r}: only body-weight SUV is used")
-        derivation.append("Units GML: pixel values are SUVbw already")
-        factors = [1.0] * len(slices)
+        from node.quant.suvtypes import gml_factor  # it builds on this module's formulas
+
+        factors = [gml_factor(patient, str(first.get("SUVType", "") or ""), derivation, warnings)] * len(slices)
+        # The values need no times, but uptake time, comparison and dosimetry do: kept when stated.
+        try:
+            admin = _administration(first, rp, half_life, series_dt, settings, derivation, warnings)
+        except SuvError as exc:
+            warnings.append(f"administration time unknown ({exc}); uptake time not reported")
+        reference = _scan_time(slices, half_life, admin, derivation, warnings)
     elif units == "CNTS" and (suv_factor := _philips_suv_factor(first, warnings)) is not None:
         derivation.append("Units CNTS: Philips private SUV Scale Factor (7053,1000)")
         factors = [_philips_suv_factor(s, []) or suv_factor for s in slices]
@@ -354,11 +382,12 @@ def compute_suv(slices: Sequence[Dataset], settings: SuvSettings | None = None) 
             bsa_cm2 = bsa_dubois_m2(patient.weight_kg, patient.height_m * 100) * 1e4
             derivation.append("Units CM2ML: SUVbw = SUVbsa x weight / BSA (Du Bois)")
             factors = [weight_g / bsa_cm2] * len(slices)
+            reference = _scan_time(slices, half_life, admin, derivation, warnings)
         if units != "CM2ML":
             lam = math.log(2) / half_life
             if decay_correction == "ADMIN":
                 derivation.append("DecayCorrection ADMIN: values already decay-corrected to administration")
-                reference = admin
+                reference = _scan_time(slices, half_life, admin, derivation, warnings)
                 factors = [scale * weight_g / dose] * len(slices)
             elif decay_correction == "START":
                 reference = _reference_time(slices, half_life, derivation, warnings)
@@ -382,7 +411,7 @@ def compute_suv(slices: Sequence[Dataset], settings: SuvSettings | None = None) 
                     t_frame = frame_ms / 1000.0
                     during = lam * t_frame / (1.0 - math.exp(-lam * t_frame))
                     factors.append(scale * weight_g / dose * during * math.exp(lam * (acq - admin).total_seconds()))
-                reference = admin
+                reference = _scan_time(slices, half_life, admin, derivation, warnings)
 
     others: dict[str, float] = {}
     if patient.height_m and patient.sex:
