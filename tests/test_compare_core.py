@@ -11,17 +11,7 @@ import pytest
 
 from node.compare.context import Administration, read_tsh, same_administration
 from node.compare.dosimetry import decay_correct_percent, lesion_dose
-from node.compare.matching import (
-    GAINED,
-    LOST,
-    NEW,
-    REDUCED,
-    STABLE,
-    ChangeThresholds,
-    classify_change,
-    match_lesions,
-    patient_summary,
-)
+from node.compare.matching import GAINED, LOST, STABLE, match_lesions, patient_summary
 
 
 def test_worked_example_of_the_reference_note() -> None:
@@ -77,13 +67,6 @@ def test_matching_with_gate_and_categories() -> None:
     assert [(m.first, m.second) for m in big] == [(0, 0)]
     small = match_lesions(np.array([[0.0, 0, 0]]), np.array([[25.0, 0, 0]]), 15, np.array([5.0]), np.array([5.0]))
     assert {(m.first, m.second) for m in small} == {(0, None), (None, 0)}
-    th = ChangeThresholds()
-    assert classify_change(10.0, 15.0, True, True, th) == GAINED
-    assert classify_change(10.0, 10.5, True, True, th) == STABLE
-    assert classify_change(10.0, 6.0, True, True, th) == REDUCED
-    assert classify_change(10.0, 1.1, True, False, th) == LOST
-    assert classify_change(10.0, None, True, False, th) == LOST
-    assert classify_change(None, 8.0, False, True, th) == NEW
     summary = patient_summary([GAINED, LOST, STABLE], [True, False, True])
     assert summary["categories"][LOST] == 1 and summary["avid_at_higher_tsh"] == "some"
 

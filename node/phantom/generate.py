@@ -85,6 +85,11 @@ class PhantomOptions:
     psf_fwhm_mm: float = DEFAULT_PSF_FWHM_MM
     patient_name: str = "PHANTOM^IODINE"
     charset: str = "ISO_IR 192"
+    # Benchmarks of the comparison: another noise realisation of the same scan (0: the seed's own),
+    # and the uptake factors drawn for changed lesions at a later time point ((change, low, high), e.g.
+    # ("gained", 1.1, 1.2)) instead of the built-in ranges.
+    noise_realisation: int = 0
+    change_factors: tuple[tuple[str, float, float], ...] | None = None
 
     def check(self) -> None:
         if self.size not in SIZES:
@@ -182,7 +187,8 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
     scan_start = administration + timedelta(hours=opts.uptake_h)
 
     key = (opts.seed, opts.size, opts.vendor, opts.timepoint, opts.uptake_h, activity_mbq, opts.noise,
-           opts.psf_fwhm_mm)
+           opts.psf_fwhm_mm) + ((opts.noise_realisation, str(opts.change_factors))
+                                if opts.noise_realisation or opts.change_factors else ())
     study_uid = derive_uid("phantom-study", *key)
     info = StudyInfo(
         vendor=opts.vendor,
@@ -207,7 +213,8 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
     ct_series_uid = derive_uid("phantom-ct", *key)
     pet_series_uid = derive_uid("phantom-pt", *key)
 
-    model = build_patient(opts.seed, opts.timepoint, opts.uptake_h, wholebody=opts.size == "wholebody")
+    model = build_patient(opts.seed, opts.timepoint, opts.uptake_h, wholebody=opts.size == "wholebody",
+                          change_factors={c: (lo, hi) for c, lo, hi in opts.change_factors or ()})
     pose = patient_position(opts.seed, opts.timepoint)
     tz = pose.translation[2]
     ct_grid = AxialGrid(spec.ct_matrix, spec.ct_matrix, spec.ct_pixel_mm,
@@ -228,7 +235,8 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
         ct_uids.append(write_ct_slice(out / "CT", info, ct_series_uid, ct_grid, k, hu))
         result.ct_files.append(out / "CT" / f"CT_{k + 1:04d}.dcm")
 
-    conc = render_pet_volume(model, pose, pet_grid, suv_to_bq_per_ml, opts.psf_fwhm_mm, opts.noise, opts.seed)
+    noise_seed = opts.seed + 7919 * opts.noise_realisation  # 0: the seed's own realisation, as before
+    conc = render_pet_volume(model, pose, pet_grid, suv_to_bq_per_ml, opts.psf_fwhm_mm, opts.noise, noise_seed)
     timing = BedTiming(frame_s=spec.frame_s, bed_step_mm=spec.bed_step_mm)
     pet_uids = write_pet_series(out / "PT", info, pet_series_uid, pet_grid, conc, timing)
     result.pet_files = [out / "PT" / f"PT_{k + 1:04d}.dcm" for k in range(len(pet_uids))]
