@@ -63,6 +63,12 @@ def predicted_dose(activity_gbq: float) -> Code:
     return Code(f"DOSE-{activity_gbq:g}GBQ", PRIVATE_SCHEME, f"Predicted 131I absorbed dose for {activity_gbq:g} GBq")
 
 
+def predicted_dose_sd(activity_gbq: float) -> Code:
+    """The standard uncertainty of the predicted dose for one planned activity."""
+    return Code(f"DOSE-{activity_gbq:g}GBQ-SD", PRIVATE_SCHEME,
+                f"Standard uncertainty of predicted 131I absorbed dose for {activity_gbq:g} GBq")
+
+
 SUVBW = codes.DCM.Suvbw  # DCM 126401 "SUVbw"
 MAXIMUM = codes.SCT.Maximum  # SCT 56851009
 MEAN = codes.SCT.Mean  # SCT 373098007

@@ -92,6 +92,10 @@ def _dose_content(row: dict[str, Any]) -> list[hd.sr.Measurement]:
         m.append(hd.sr.Measurement(c.predicted_dose(float(key.removesuffix("_gbq"))), gy, c.UNIT_GY))
     if _num(row.get("gy_per_gbq_sd")) is not None:
         m.append(hd.sr.Measurement(c.DOSE_PER_ACTIVITY_SD, row["gy_per_gbq_sd"], c.UNIT_GY_PER_GBQ))
+        for key in row["predicted_dose_gy"]:
+            activity = float(key.removesuffix("_gbq"))
+            m.append(hd.sr.Measurement(c.predicted_dose_sd(activity), round(row["gy_per_gbq_sd"] * activity, 3),
+                                       c.UNIT_GY))
     return m
 
 
