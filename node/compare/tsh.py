@@ -157,7 +157,8 @@ def compare_scans(current_suv: Volume, current: ScanView, prior: ScanView, pairi
             verdict = judge_change(suv[order[0]], suv[order[1]], noise[order[0]], noise[order[1]], limits, allowance)
             tsh_change = {
                 "suv_max": [round(suv[order[0]], 4), round(suv[order[1]], 4)],
-                "relative_change": round(verdict.relative_change, 4),
+                "relative_change": round(verdict.relative_change, 4) if math.isfinite(verdict.relative_change)
+                else None,
                 "limits": [round(verdict.limits[0], 4), round(verdict.limits[1], 4)],
                 "ci95": [round(v, 4) for v in verdict.ci95] if verdict.ci95 else None,
                 "verdict": verdict.verdict, "noise": [_noise_dict(noise[order[0]]), _noise_dict(noise[order[1]])],
