@@ -380,6 +380,33 @@ class PriorsSection(_Section):
     query: PriorQuerySection | None = None
 
 
+class ChangeLimitsSection(_Section):
+    """Which SUVmax change counts as gained / reduced (docs/comparison.md#change-limits)."""
+
+    method: Literal["repeatability", "fixed"] = "repeatability"  # fixed: `gained` / `reduced` for every lesion
+    biological_wcv: Annotated[float, Field(ge=0, le=1)] = 0.105  # non-statistical test-retest CoV per scan
+    confidence_z: PositiveFloat = 1.959964
+    fallback_noise_cov: PositiveFloat = 0.20  # soft-tissue CoV assumed when a scan's image is not at hand
+    uptake_time_tolerance: Annotated[float, Field(ge=0)] = 0.10  # warn when uptake times differ by more
+    min_biological_half_life_h: PositiveFloat = 48.0  # washout allowance for unmatched uptake times
+
+
+class AvidityRuleSection(_Section):
+    """One rule for "iodine-avid" applied to both scans of a comparison."""
+
+    lbr_min: PositiveFloat = 3.0
+    soft_tissue_factor: PositiveFloat = 2.0
+    suv_max_min: PositiveFloat | None = None
+
+
+class DoseUncertaintySection(_Section):
+    """Type-B relative standard uncertainties of the dosimetry chain (EANM 2018), a site's own values."""
+
+    calibration: Annotated[float, Field(ge=0, le=1)] = 0.05
+    recovery_resolved: Annotated[float, Field(ge=0, le=1)] = 0.05
+    recovery_unresolved: Annotated[float, Field(ge=0, le=2)] = 0.20
+
+
 class ComparisonSection(_Section):
     """Comparison with an earlier scan of the same patient, and 131I lesion dosimetry."""
 
@@ -394,6 +421,9 @@ class ComparisonSection(_Section):
     nodal_response_gy: PositiveFloat = 80.0
     s_values: list[SValuePoint] | None = Field(default=None, min_length=1)
     priors: PriorsSection = PriorsSection()
+    change_limits: ChangeLimitsSection = ChangeLimitsSection()
+    avidity: AvidityRuleSection = AvidityRuleSection()
+    dose_uncertainty: DoseUncertaintySection = DoseUncertaintySection()
 
 
 class NodeConfig(_Section):

@@ -171,6 +171,10 @@ def _print_comparison(doc: dict[str, Any]) -> None:
               f"{f'{100 * change:+.0f} %' if change is not None else '-':>7}  {r['category']}")
     print(f"  summary: {comparison['summary']['categories']}; avid at the higher TSH: "
           f"{comparison['summary']['avid_at_higher_tsh']}")
+    if comparison["summary"].get("direction"):
+        print(f"  categories run {comparison['summary']['direction']}")
+    for warning in comparison.get("warnings", []):
+        print(f"  warning: {warning}")
 
 
 def run_demo(workdir: Path | None = None, pair: bool = False) -> int:

@@ -214,12 +214,14 @@ def _prior_doc(storage_root: Path, conn: sqlite3.Connection, uid: str, quant: Qu
 
 def _scan_view(storage_root: Path, conn: sqlite3.Connection, doc: dict[str, Any], quant: QuantSettings,
                need_pet: bool) -> ScanView:
-    """What registration needs of an earlier scan: CT on a coarse grid, or its SUV without CT."""
+    """What registration needs of an earlier scan (CT on a coarse grid, or its SUV without CT), and its
+    SUV at full resolution (local noise for change limits and dose uncertainty)."""
     ct = _series_files(conn, storage_root, doc["ct_series_instance_uid"]) if doc.get("ct_series_instance_uid") else []
     pet = _series_files(conn, storage_root, doc["pet_series_instance_uid"])
+    suv = suv_volume_of(pet, quant.suv) if pet else None
     return ScanView(doc, pydicom.dcmread(pet[0], stop_before_pixels=True) if pet else pydicom.Dataset(),
                     ct_on_coarse_grid(ct) if ct else None,
-                    coarse(suv_volume_of(pet, quant.suv)) if pet and (need_pet or not ct) else None)
+                    coarse(suv) if suv is not None and (need_pet or not ct) else None, suv)
 
 
 def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[str, Any],
@@ -249,16 +251,16 @@ def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[
         if not priors:
             return None
         current = ScanView(doc, result.pet_headers[0], ct_on_coarse_grid(current_ct) if current_ct else None,
-                           coarse(result.suv_volume) if not current_ct or any(p.ct is None for p in priors) else None)
+                           coarse(result.suv_volume) if not current_ct or any(p.ct is None for p in priors) else None,
+                           result.suv_volume)
         log.info("study %s: relating to %d earlier scan(s): %s", study_uid, len(priors),
                  ", ".join(p.doc["study_instance_uid"] for p in priors))
         sections, pairing, compared = relate_scans(result.suv_volume, current, priors, settings)
         doc.update(sections)
         inherit_tracking(doc, pairing)
-        if compared is None:
-            return None
-        pet = _series_files(conn, storage_root, compared.doc["pet_series_instance_uid"])
-    return PriorView(compared.doc, suv_volume_of(pet, quant.suv)) if pet else None
+    if compared is None:
+        return None
+    return PriorView(compared.doc, compared.suv) if compared.suv is not None else None
 
 
 def run_job(kind: str, storage_root: str, study_uid: str, payload: dict[str, Any],

@@ -11,17 +11,7 @@ import pytest
 
 from node.compare.context import Administration, read_tsh, same_administration
 from node.compare.dosimetry import decay_correct_percent, lesion_dose
-from node.compare.matching import (
-    GAINED,
-    LOST,
-    NEW,
-    REDUCED,
-    STABLE,
-    ChangeThresholds,
-    classify_change,
-    match_lesions,
-    patient_summary,
-)
+from node.compare.matching import GAINED, LOST, STABLE, match_lesions, patient_summary
 
 
 def test_worked_example_of_the_reference_note() -> None:
@@ -77,13 +67,6 @@ def test_matching_with_gate_and_categories() -> None:
     assert [(m.first, m.second) for m in big] == [(0, 0)]
     small = match_lesions(np.array([[0.0, 0, 0]]), np.array([[25.0, 0, 0]]), 15, np.array([5.0]), np.array([5.0]))
     assert {(m.first, m.second) for m in small} == {(0, None), (None, 0)}
-    th = ChangeThresholds()
-    assert classify_change(10.0, 15.0, True, True, th) == GAINED
-    assert classify_change(10.0, 10.5, True, True, th) == STABLE
-    assert classify_change(10.0, 6.0, True, True, th) == REDUCED
-    assert classify_change(10.0, 1.1, True, False, th) == LOST
-    assert classify_change(10.0, None, True, False, th) == LOST
-    assert classify_change(None, 8.0, False, True, th) == NEW
     summary = patient_summary([GAINED, LOST, STABLE], [True, False, True])
     assert summary["categories"][LOST] == 1 and summary["avid_at_higher_tsh"] == "some"
 
@@ -202,16 +185,19 @@ def test_affine_stage_after_rigid_keeps_lesions_within_3_mm(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_matching_over_ten_noisy_seeds() -> None:
-    """TSH pairs of ten noisy phantoms (shifted, rotated, uptake changed): >= 95 % of matched
-    metastases matched to the right lesion, >= 95 % of categories (lesions >= 10 mm) right."""
+    """TSH pairs of ten noisy phantoms (shifted, rotated, uptake changed, independent noise per scan):
+    >= 95 % of matched metastases matched to the right lesion; of unchanged lesions >= 10 mm >= 95 %
+    called stable (the limits hold); of the generator's large changes (x1.5-2, x0.45-0.65) in lesions
+    >= 20 mm >= 90 % called in their direction."""
     from bench.matching import score_seed
 
-    totals = np.zeros(4, int)
+    totals = np.zeros(6, int)
     for seed in range(1, 11):
         totals += score_seed(seed, 0.15)
-    matches, correct, cats, cats_ok = (int(v) for v in totals)
+    matches, correct, unchanged, called_stable, changed, called_right = (int(v) for v in totals)
     assert matches >= 60 and correct / matches >= 0.95, (correct, matches)
-    assert cats >= 50 and cats_ok / cats >= 0.95, (cats_ok, cats)
+    assert unchanged >= 15 and called_stable / unchanged >= 0.95, (called_stable, unchanged)
+    assert changed >= 10 and called_right / changed >= 0.90, (called_right, changed)
 
 
 def test_lesion_in_one_scan_physiological_in_the_other_is_relabelled_not_lost() -> None:

@@ -183,6 +183,17 @@ def test_24h_and_96h_dosimetry_reproduces_the_analytic_dose(peers, tmp_path: Pat
              if "Predicted 131I absorbed dose per administered activity" in g["values"]]
     assert sorted(round(d, 3) for d in doses) == sorted(round(r["gy_per_gbq"], 3) for r in doc["dosimetry"]["lesions"]
                                                         if "gy_per_gbq" in r)
+    # Each dose carries its uncertainty (results.json and SR) and the treat decision rests on its interval.
+    dosed = [r for r in doc["dosimetry"]["lesions"] if "gy_per_gbq" in r]
+    assert all(r["gy_per_gbq_ci95"][0] < r["gy_per_gbq"] < r["gy_per_gbq_ci95"][1] for r in dosed)
+    sds = sorted(round(g["values"]["Standard uncertainty of predicted 131I absorbed dose per administered activity"], 3)
+                 for g in groups if "Standard uncertainty of predicted 131I absorbed dose per administered activity"
+                 in g["values"])
+    assert sds == sorted(round(r["gy_per_gbq_sd"], 3) for r in dosed)
+    decisions = {g["values"]["Predicted dose reaches treat threshold"] for g in groups
+                 if "Predicted dose reaches treat threshold" in g["values"]}
+    assert decisions and decisions <= {"Reaches (lower 95 % bound)", "Uncertain (95 % interval spans it)",
+                                       "Below (upper 95 % bound)"}
     # ... and on a Secondary Capture page after the summary, valid DICOM.
     out = n.root / "results" / scans[-1].truth["study_instance_uid"]
     pages = sorted(out.glob("sc-*.dcm"))

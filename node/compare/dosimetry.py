@@ -16,6 +16,20 @@ Retention models:
 - three or more points where the earliest lies on the rising part: uptake + washout
   r(t) = a (exp(-lambda_w t) - exp(-lambda_u t)), lambda_u > lambda_w (non-linear least squares),
   a~ = a (1 / (lambda_w + lambda_131) - 1 / (lambda_u + lambda_131)).
+- retention rising between the last two points (or a fit that finds no washout): there is no
+  measured washout to extrapolate, so, per the EANM Dosimetry Committee's guidance on
+  extrapolation (physical decay only after the last measured point when the clearance is not
+  measured; Lassmann et al., EJNMMI 2011;38:192 and Hindorf et al. EJNMMI 2010;37:1238), the
+  retention is integrated piecewise linearly through (0, 0) and the measured points, then decays
+  with the 131I physical half-life only. Never a negative washout, never an unbounded dose.
+
+Uncertainty (EANM practical guidance on uncertainty analysis, Gear et al., EJNMMI 2018;45:2456: law
+of propagation of uncertainty through the dosimetry chain): each time point's activity carries a
+relative standard uncertainty (counts, recovery); it is propagated through the retention fit by the
+sensitivities d ln a~ / d ln r_i (numerically, the same model refitted), inflated by the fit's
+residual scatter when there are more points than parameters; the calibration, common to all time
+points, enters a~ directly; the mass enters through the S value (d ln S / d ln m = -1 for local
+deposition). The dose is log-normal: D x exp(+-1.96 sigma) is the 95 % interval.
 """
 
 from __future__ import annotations
@@ -33,6 +47,8 @@ I131_HALF_LIFE_H = 8.0207 * 24  # ICRP-107 (iodine124.md)
 LOCAL_DEPOSITION_GY_G_PER_MBQ_H = 0.11066  # 0.19185 MeV x 1.602e-13 J/MeV x 3.6e9 decays/(MBq h) / 1e-3 kg/g
 TISSUE_DENSITY_G_PER_ML = 1.0
 MONO, UPTAKE_WASHOUT = "mono-exponential", "uptake + washout"
+RISING = "rising retention: trapezoid, physical decay after the last point"
+Z95 = 1.959964
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,22 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class DoseUncertainty:
+    """Relative standard uncertainties (of ln D) by source, and their combination."""
+
+    counts_and_fit: float
+    mass: float
+    calibration: float
+
+    @property
+    def relative_sd(self) -> float:
+        return math.sqrt(self.counts_and_fit**2 + self.mass**2 + self.calibration**2)
+
+    def interval(self, value: float, z: float = Z95) -> tuple[float, float]:
+        return value * math.exp(-z * self.relative_sd), value * math.exp(z * self.relative_sd)
+
+
+@dataclass(frozen=True)
 class LesionDose:
     model: str
     biological_half_life_h: float
@@ -67,6 +99,7 @@ class LesionDose:
     gy_per_gbq: float
     mass_g: float
     s_value_source: str
+    uncertainty: DoseUncertainty | None = None
 
     def dose_gy(self, activity_131_gbq: float) -> float:
         return self.gy_per_gbq * activity_131_gbq
@@ -137,22 +170,94 @@ def s_value_gy_per_mbq_h(mass_g: float, table: Sequence[tuple[float, float]] | N
     return float(math.exp(s[i] + slope * (x - masses[i]))), "sphere S-value table"
 
 
+def rising_tia_h(times_h: Sequence[float], fractions: Sequence[float]) -> float:
+    """a~ of retention rising to the end: piecewise linear through (0, 0) and the points, times the
+    131I decay, then physical decay only after the last point (closed form per segment)."""
+    lam = math.log(2) / I131_HALF_LIFE_H
+    t = [0.0, *[float(x) for x in times_h]]
+    r = [0.0, *[float(x) for x in fractions]]
+
+    def antiderivative(c0: float, slope: float, x: float) -> float:
+        return -math.exp(-lam * x) * ((c0 + slope * x) / lam + slope / lam**2)
+
+    total = 0.0
+    for (ta, ra), (tb, rb) in zip(zip(t, r, strict=True), zip(t[1:], r[1:], strict=True), strict=False):
+        slope = (rb - ra) / (tb - ta)
+        c0 = ra - slope * ta
+        total += antiderivative(c0, slope, tb) - antiderivative(c0, slope, ta)
+    return total + r[-1] * math.exp(-lam * t[-1]) / lam
+
+
+def _retention_tia(times_h: Sequence[float], percent_ia: Sequence[float], model: str | None = None) -> tuple[
+        str, float, float, float]:
+    """(model, a~ in h, r0 fraction, biological washout per h) for the points; `model` forces one
+    (used to propagate uncertainties through the same model)."""
+    order = sorted(range(len(times_h)), key=lambda i: times_h[i])
+    t = [float(times_h[i]) for i in order]
+    r = [float(percent_ia[i]) for i in order]
+    if model is None:  # choose: rising at the end -> RISING; else uptake + washout (>= 3 points) or mono
+        if r[-1] >= r[-2]:
+            model = RISING
+        elif len(t) >= 3 and (fitted := fit_uptake_washout(t, r)) is not None and fitted.washout_per_h > 0:
+            return UPTAKE_WASHOUT, fitted.integral_131_h(), fitted.a_fraction, fitted.washout_per_h
+        else:
+            r0, lam_bio = fit_retention(t, r)
+            model = MONO if lam_bio > 0 else RISING
+    if model == UPTAKE_WASHOUT:
+        fitted = fit_uptake_washout(t, r)
+        if fitted is None:
+            raise ValueError("uptake + washout refit failed")
+        return UPTAKE_WASHOUT, fitted.integral_131_h(), fitted.a_fraction, fitted.washout_per_h
+    if model == MONO:
+        r0, lam_bio = fit_retention(t, r)
+        return MONO, Retention(MONO, r0, lam_bio).integral_131_h(), r0, lam_bio
+    return RISING, rising_tia_h(t, [v / 100.0 for v in r]), r[0] / 100.0, 0.0
+
+
+def _fit_uncertainty(times_h: Sequence[float], percent_ia: Sequence[float], model: str, tia_h: float,
+                     activity_rel_sd: Sequence[float]) -> float:
+    """Relative SD of a~ from the per-point activity uncertainties, through the same model."""
+    n = len(times_h)
+    u = list(activity_rel_sd)
+    if model == MONO and n > 2:  # more points than parameters: the residual scatter is data too
+        r0, lam = fit_retention(times_h, percent_ia)
+        resid = [math.log(v / 100.0) - math.log(r0) + lam * t for t, v in zip(times_h, percent_ia, strict=True)]
+        scatter = math.sqrt(sum(x * x for x in resid) / (n - 2))
+        u = [max(x, scatter) for x in u]
+    var = 0.0
+    eps = 1e-3
+    for i in range(n):
+        bumped = [v * (1 + eps) if j == i else v for j, v in enumerate(percent_ia)]
+        try:
+            _, tia_i, _, _ = _retention_tia(times_h, bumped, model)
+        except ValueError:
+            return float("nan")
+        var += ((math.log(tia_i) - math.log(tia_h)) / math.log1p(eps) * u[i]) ** 2
+    return math.sqrt(var)
+
+
 def lesion_dose(times_h: Sequence[float], percent_ia: Sequence[float], volume_ml: float,
                 density_g_per_ml: float = TISSUE_DENSITY_G_PER_ML,
-                s_table: Sequence[tuple[float, float]] | None = None) -> LesionDose:
-    retention = fit_uptake_washout(times_h, percent_ia) if len(times_h) >= 3 else None
-    if retention is None:
-        r0, lam_bio = fit_retention(times_h, percent_ia)
-        retention = Retention(MONO, r0, lam_bio)
+                s_table: Sequence[tuple[float, float]] | None = None,
+                activity_rel_sd: Sequence[float] | None = None, mass_rel_sd: float = 0.0,
+                calibration_rel_sd: float = 0.0) -> LesionDose:
+    """131I dose per administered GBq; with per-point activity uncertainties also its uncertainty."""
+    _check(times_h, percent_ia)
+    model, tia_h, r0, lam_w = _retention_tia(times_h, percent_ia)
     lam_131 = math.log(2) / I131_HALF_LIFE_H
-    tia_h = retention.integral_131_h()
     mass_g = volume_ml * density_g_per_ml
     s, source = s_value_gy_per_mbq_h(mass_g, s_table)
     gy_per_gbq = s * tia_h * 1000.0
-    lam_w = retention.washout_per_h
     t_bio = math.log(2) / lam_w if lam_w > 0 else float("inf")
-    return LesionDose(retention.model, t_bio, math.log(2) / (lam_w + lam_131), retention.a_fraction, tia_h,
-                      gy_per_gbq, mass_g, source)
+    uncertainty = None
+    if activity_rel_sd is not None:
+        # d ln S / d ln m: -1 for local deposition, the table's local log-log slope otherwise.
+        s_up, _ = s_value_gy_per_mbq_h(mass_g * 1.01, s_table)
+        slope = math.log(s_up / s) / math.log(1.01)
+        uncertainty = DoseUncertainty(_fit_uncertainty(times_h, percent_ia, model, tia_h, activity_rel_sd),
+                                      abs(slope) * mass_rel_sd, calibration_rel_sd)
+    return LesionDose(model, t_bio, math.log(2) / (lam_w + lam_131), r0, tia_h, gy_per_gbq, mass_g, source,
+                      uncertainty)
 
 
 def decay_correct_percent(percent_measured: float, t_h: float, half_life_124_h: float = I124_HALF_LIFE_H) -> float:

@@ -1,4 +1,4 @@
-"""Match lesions of two scans after mapping scan 1 into scan 2, and classify each change."""
+"""Match lesions of two scans after mapping scan 1 into scan 2, and the trial category of each lesion."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-GAINED, STABLE, REDUCED, LOST, NEW = "gained uptake", "stable", "reduced uptake", "lost (refractory candidate)", "new"
+# Avid at both scans, by the uptake change from the lower- to the higher-TSH scan:
+GAINED, STABLE, REDUCED = "gained uptake", "stable", "reduced uptake"
+RESTORED = "avidity restored (avid only at higher TSH)"
+ONLY_LOWER = "avid only at lower TSH (refractory candidate)"
+REFRACTORY = "non-avid at both (refractory)"
+# Present at one scan only (no PET focus and no CT lesion at the site in the other):
+LOST, LOST_NON_AVID, NEW = "lost (refractory candidate)", "lost (non-avid before)", "new"
 RELABELLED = "relabelled (physiological in the other scan)"
+CATEGORIES = (GAINED, STABLE, REDUCED, RESTORED, ONLY_LOWER, REFRACTORY, LOST, LOST_NON_AVID, NEW, RELABELLED)
+REFRACTORY_CANDIDATES = (ONLY_LOWER, LOST)
 
 
 @dataclass(frozen=True)
@@ -60,25 +68,60 @@ def equivalent_radius_mm(volume_ml: float) -> float:
     return float((3.0 * volume_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0))
 
 
-def classify_change(suv1: float | None, suv2: float | None, avid1: bool, avid2: bool,
-                    thresholds: ChangeThresholds) -> str:
-    """Per-lesion category between scan 1 and scan 2."""
-    if suv1 is None or (not avid1 and avid2 and suv1 is None):
-        return NEW
-    if avid1 and not avid2:
-        return LOST
-    if suv2 is None:
-        return LOST
-    change = (suv2 - suv1) / suv1 if suv1 > 0 else float("inf")
-    if change >= thresholds.gained:
-        return GAINED
-    if change <= thresholds.reduced:
-        return REDUCED
-    return STABLE
+@dataclass(frozen=True)
+class AvidityRule:
+    """One prespecified rule for "iodine-avid" applied to both scans of a comparison (whatever
+    settings each scan was quantified with): lesion-to-background >= `lbr_min` and SUVmax >=
+    `soft_tissue_factor` x the scan's soft-tissue reference SUV (and >= `suv_max_min` when set)."""
+
+    lbr_min: float = 3.0
+    soft_tissue_factor: float = 2.0
+    suv_max_min: float | None = None
+
+    def is_avid(self, lesion: dict, soft_tissue_suv: float | None) -> bool:
+        lbr, suv = lesion.get("lesion_to_background"), lesion.get("suv_max")
+        if lbr is None or suv is None:
+            return bool(lesion.get("iodine_avid"))
+        if lbr < self.lbr_min or (self.suv_max_min is not None and suv < self.suv_max_min):
+            return False
+        return soft_tissue_suv is None or suv >= self.soft_tissue_factor * soft_tissue_suv
+
+    def describe(self) -> dict[str, object]:
+        text = f"LBR >= {self.lbr_min:g} and SUVmax >= {self.soft_tissue_factor:g} x soft-tissue SUV"
+        if self.suv_max_min is not None:
+            text += f" and SUVmax >= {self.suv_max_min:g}"
+        return {"lbr_min": self.lbr_min, "soft_tissue_factor": self.soft_tissue_factor,
+                "suv_max_min": self.suv_max_min, "rule": text}
+
+
+def classify_pair(avid_lower: bool | None, avid_higher: bool | None, lower_is_earlier: bool,
+                  change: str | None = None) -> str:
+    """Trial category of one lesion from the lower- to the higher-TSH scan.
+
+    `avid_*` is None where the lesion is absent at that scan (no PET focus and no CT lesion there).
+    Present at both: avid at both (then `change`: "gained", "stable" or "reduced" beyond the
+    lesion's repeatability), avidity restored (avid only at the higher TSH), avid only at the lower
+    TSH (a refractory candidate), or non-avid at both (refractory). Present at one scan only is a
+    question of time, not TSH: new (absent at the earlier scan), or lost - a refractory candidate
+    only when the earlier focus was avid."""
+    if avid_lower is None and avid_higher is None:
+        raise ValueError("a lesion must be present at one scan at least")
+    if avid_lower is None or avid_higher is None:
+        earlier = avid_lower if lower_is_earlier else avid_higher
+        if earlier is None:
+            return NEW
+        return LOST if earlier else LOST_NON_AVID
+    if avid_lower and avid_higher:
+        return {"gained": GAINED, "reduced": REDUCED}.get(change or "stable", STABLE)
+    if avid_higher:
+        return RESTORED
+    if avid_lower:
+        return ONLY_LOWER
+    return REFRACTORY
 
 
 def patient_summary(categories: Sequence[str], avid_at_higher_tsh: Sequence[bool]) -> dict[str, object]:
-    counts = {c: 0 for c in (GAINED, STABLE, REDUCED, LOST, NEW, RELABELLED)}
+    counts = {c: 0 for c in CATEGORIES}
     for c in categories:
         counts[c] += 1
     n_avid = sum(avid_at_higher_tsh)

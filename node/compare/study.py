@@ -4,6 +4,8 @@ several times) of results.json. Pure over results documents, headers and coarse 
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,22 +17,38 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from node.compare.context import Administration, TshSource, same_administration
-from node.compare.dosimetry import lesion_dose
-from node.compare.matching import (
-    LOST,
-    RELABELLED,
-    ChangeThresholds,
-    Match,
-    classify_change,
-    equivalent_radius_mm,
-    match_lesions,
-    patient_summary,
-)
+from node.compare.dosimetry import Z95, lesion_dose
+from node.compare.matching import AvidityRule, ChangeThresholds, Match, equivalent_radius_mm, match_lesions
 from node.compare.priors import PriorQuery
 from node.compare.register import register_rigid
+from node.compare.repeatability import DEFAULT_VOXEL_MM, ChangeLimits, lesion_size_mm, noise_constant
+from node.compare.tsh import TRACKED_LABELS, compare_scans, time_point
 from node.quant.volume import Volume, assemble, resample_like
 
-TRACKED_LABELS = ("metastasis", "remnant")
+__all__ = [
+    "ComparisonSettings",
+    "Pairing",
+    "ScanView",
+    "compare_scans",
+    "ct_on_coarse_grid",
+    "dosimetry_section",
+    "inherit_tracking",
+    "pair_scans",
+    "relate_scans",
+    "time_point",
+    "tracked",
+]
+
+
+@dataclass(frozen=True)
+class DoseUncertaintySettings:
+    """Type-B relative standard uncertainties (assumptions a site replaces with its own measurements;
+    EANM 2018 uncertainty guidance, Gear et al.): the activity calibration common to all time points,
+    and the recovery of a lesion's activity (resolved by the sphere fit / not resolved)."""
+
+    calibration: float = 0.05
+    recovery_resolved: float = 0.05
+    recovery_unresolved: float = 0.20
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,9 @@ class ComparisonSettings:
     s_values: tuple[tuple[float, float], ...] | None = None  # (sphere mass g, Gy per MBq h)
     query: PriorQuery | None = None  # a PACS to ask for earlier studies
     registration: str = "rigid"  # or "affine": a 12-parameter stage after the rigid one
+    limits: ChangeLimits = field(default_factory=ChangeLimits)
+    avidity: AvidityRule = field(default_factory=AvidityRule)
+    uncertainty: DoseUncertaintySettings = field(default_factory=lambda: DoseUncertaintySettings())
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,7 @@ class ScanView:
     header: Dataset
     ct: Volume | None = None
     pet: Volume | None = None  # SUV on a coarse grid: the registration fallback without CT
+    suv: Volume | None = None  # SUV at full resolution: local noise for change limits and dose uncertainty
 
     @property
     def administration(self) -> Administration:
@@ -123,112 +145,45 @@ def pair_scans(prior: ScanView, current: ScanView, gate_mm: float, affine: bool 
                    list(zip(others, mapped_others, strict=True)))
 
 
-def _same_place(centre_mm: Any, volume_ml: float, candidates: list[tuple[dict[str, Any], Any]],
-                gate_mm: float) -> dict[str, Any] | None:
-    """The nearest candidate focus within the gate or overlapping (equivalent spheres), or None."""
-    best, best_d = None, float("inf")
-    for les, where in candidates:
-        d = float(np.linalg.norm(np.subtract(where, centre_mm)))
-        if (d <= gate_mm or d < equivalent_radius_mm(volume_ml) + equivalent_radius_mm(les["volume_ml"])) \
-                and d < best_d:
-            best, best_d = les, d
-    return best
+def threshold_decision(ci95: list[float] | None, threshold_gy: float) -> str:
+    """"reaches" when the lower 95 % bound reaches the threshold, "below" when the upper bound does
+    not, else "uncertain" (also when no uncertainty could be computed)."""
+    if ci95 is None:
+        return "uncertain"
+    if ci95[0] >= threshold_gy:
+        return "reaches"
+    return "below" if ci95[1] < threshold_gy else "uncertain"
 
 
-def time_point(view: ScanView, tsh: TshSource) -> dict[str, Any]:
-    value, source = tsh.lookup(view.header, view.doc.get("accession_number"))
-    return {"study_instance_uid": view.doc["study_instance_uid"], "accession_number": view.doc.get("accession_number"),
-            "reference_datetime": view.doc["reference_datetime"], "injection_datetime": view.doc["injection_datetime"],
-            "uptake_time_h": view.doc.get("uptake_time_h"), "tsh_uiu_per_ml": value, "tsh_source": source}
+def activity_counts_sd(lesion: dict[str, Any], vol: Volume | None, soft_tissue_suv: float | None,
+                       limits: ChangeLimits) -> float:
+    """Relative SD of a lesion's summed activity from image noise: voxel variance k^2 x (counting
+    statistics, node/compare/repeatability.py), correlated over about one resolution cell, summed over
+    the lesion: k sqrt(c / S), S the lesion's SUV sum in voxels, c the voxels per resolution cell."""
+    radius, fwhm = lesion_size_mm(lesion)
+    k = noise_constant(vol, lesion["centroid_mm"], radius) if vol is not None else None
+    if k is None:
+        reference = soft_tissue_suv if soft_tissue_suv and soft_tissue_suv > 0 else 1.0
+        k = limits.fallback_noise_cov * math.sqrt(reference)
+    voxel = vol.spacing if vol is not None else DEFAULT_VOXEL_MM
+    voxel_ml = float(np.prod(voxel)) / 1000.0
+    cell = float(np.clip((fwhm / float(np.prod(voxel)) ** (1 / 3)) ** 3, 1.0, 64.0))
+    total = float(lesion.get("suv_mean") or lesion["suv_max"]) * float(lesion["volume_ml"]) / voxel_ml
+    return k * math.sqrt(cell / total) if total > 0 else 1.0
 
 
-def _sphere_max(vol: Volume, centre_mm: np.ndarray, radius_mm: float) -> float | None:
-    k, j, i = np.round(vol.lps_to_index(np.asarray(centre_mm))).astype(int)
-    r = [int(np.ceil(radius_mm / s)) for s in vol.spacing[::-1]]
-    box = tuple(slice(max(c - rr, 0), min(c + rr + 1, n)) for c, rr, n in zip((k, j, i), r, vol.array.shape,
-                                                                              strict=True))
-    block = vol.array[box]
-    return float(block.max()) if block.size else None
-
-
-def compare_scans(current_suv: Volume, current: ScanView, prior: ScanView, pairing: Pairing,
-                  settings: ComparisonSettings | None = None) -> dict[str, Any]:
-    """The `comparison` section: each lesion's values at both scans, change and category."""
-    settings = settings or ComparisonSettings()
-    thresholds = settings.thresholds
-    rows = []
-    for m in pairing.matches:
-        a = pairing.prior_lesions[m.first] if m.first is not None else None
-        b = pairing.current_lesions[m.second] if m.second is not None else None
-        residual = None
-        if a is not None and b is None:
-            # Gone from the current scan: report what is at the mapped place (SUVmax within the
-            # lesion's radius + 5 mm), so "lost" rests on a measurement.
-            radius = equivalent_radius_mm(a["volume_ml"]) + 5.0
-            residual = _sphere_max(current_suv, pairing.mapped_mm[m.first], radius)
-        suv1, suv2 = (a["suv_max"] if a else None), (b["suv_max"] if b else None)
-        category = classify_change(suv1, suv2, bool(a and a["iodine_avid"]), bool(b and b["iodine_avid"]), thresholds)
-        # A focus labelled a lesion in one scan and physiological uptake at the same place in the
-        # other is a labelling difference to review, not a change of iodine avidity.
-        relabelled = None
-        if b is None and a is not None:
-            relabelled = _same_place(pairing.mapped_mm[m.first], a["volume_ml"],
-                                     [(les, les["centroid_mm"]) for les in current.doc["lesions"]
-                                      if les["label"] not in TRACKED_LABELS], thresholds.match_gate_mm)
-        elif a is None and b is not None:
-            relabelled = _same_place(b["centroid_mm"], b["volume_ml"], pairing.untracked_prior,
-                                     thresholds.match_gate_mm)
-        if relabelled is not None:
-            category = RELABELLED
-
-        def pair(key: str, a: dict | None = a, b: dict | None = b) -> list[Any]:
-            return [a.get(key) if a else None, b.get(key) if b else None]
-
-        def change(key: str, a: dict | None = a, b: dict | None = b) -> tuple[float | None, float | None]:
-            v1, v2 = (a.get(key) if a else None), (b.get(key) if b else None)
-            if v1 is None or v2 is None:
-                return None, None
-            return round(v2 - v1, 6), (round((v2 - v1) / v1, 4) if v1 else None)
-
-        row: dict[str, Any] = {
-            "prior_id": a["id"] if a else None, "current_id": b["id"] if b else None,
-            "tracking_uid": a.get("tracking_uid") if a else None,
-            "prior_centroid_mapped_mm": ([round(float(v), 2) for v in pairing.mapped_mm[m.first]]
-                                         if m.first is not None else None),
-            "match_distance_mm": round(m.distance_mm, 2) if m.distance_mm is not None else None,
-            "category": category,
-            "site": (b or a or {}).get("site"),
-        }
-        for key in ("suv_max", "suv_peak", "volume_ml", "percent_injected_activity", "lesion_to_background"):
-            row[key] = pair(key)
-            row[f"absolute_change_{key}"], row[f"relative_change_{key}"] = change(key)
-        row["iodine_avid"] = pair("iodine_avid")
-        row["residual_suv_max_at_prior_site"] = residual
-        if relabelled is not None:
-            row["label_in_other_scan"] = relabelled["label"]
-        rows.append(row)
-    rows.sort(key=lambda r: (r["current_id"] is None, r["current_id"] or 0, r["prior_id"] or 0))
-    points = [time_point(prior, settings.tsh), time_point(current, settings.tsh)]
-    # The question is avidity at the higher TSH: the scan whose TSH is higher, or the current one
-    # (usually the second, stimulated scan) when a TSH is unknown; the summary names which.
-    tsh1, tsh2 = points[0]["tsh_uiu_per_ml"], points[1]["tsh_uiu_per_ml"]
-    higher = 0 if tsh1 is not None and tsh2 is not None and tsh1 > tsh2 else 1
-    avid_at_higher = [bool(r["iodine_avid"][higher]) for r in rows if r["suv_max"][higher] is not None
-                      or r["category"] == LOST]
-    return {
-        "prior_study_instance_uid": prior.doc["study_instance_uid"],
-        "kind": "separate administrations",
-        "time_points": points,
-        "tsh_uiu_per_ml": {"prior": points[0]["tsh_uiu_per_ml"], "current": points[1]["tsh_uiu_per_ml"]},
-        "registration": pairing.registration,
-        "thresholds": {"gained": thresholds.gained, "reduced": thresholds.reduced,
-                       "match_gate_mm": thresholds.match_gate_mm},
-        "lesions": rows,
-        "summary": {**patient_summary([r["category"] for r in rows], avid_at_higher),
-                    "higher_tsh_scan": ("current" if higher else "prior") if tsh1 is not None and tsh2 is not None
-                    else "unknown (TSH missing): the current scan is used"},
-        "refractory_candidates": [r["prior_id"] for r in rows if r["category"] == LOST],
-    }
+def mass_rel_sd(resolved_fits: Sequence[dict[str, Any]], volume_ml: float, lesion: dict[str, Any]) -> float:
+    """Relative SD of the mass, 3 u(d) / d: resolved fits -> the spread of their diameters over the
+    time points and a voxel's quantisation (4 mm / 2 sqrt 3, a uniform error over one voxel);
+    unresolved -> half the resolution (the fit's FWHM, else 7 mm) on the delineated diameter."""
+    if resolved_fits:
+        d = [float(f["diameter_mm"]) for f in resolved_fits]
+        spread = float(np.std(d, ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+        quantisation = DEFAULT_VOXEL_MM[0] / (2 * math.sqrt(3))
+        return 3.0 * math.hypot(spread, quantisation) / float(np.mean(d))
+    _, fwhm = lesion_size_mm(lesion)
+    diameter = 10.0 * (6.0 * volume_ml / math.pi) ** (1 / 3)
+    return 3.0 * (fwhm / 2.0) / diameter
 
 
 def dosimetry_section(current: ScanView, priors: Sequence[tuple[ScanView, Pairing]],
@@ -268,13 +223,29 @@ def dosimetry_section(current: ScanView, priors: Sequence[tuple[ScanView, Pairin
         else:
             volume_ml = max(points, key=lambda p: p[1]["suv_max"])[1]["volume_ml"]
             mass_source = "delineated volume (lesion not resolved by the sphere fit)"
+        # Uncertainty (EANM 2018, Gear et al.): per time point counts (local image noise over the
+        # lesion) and recovery; the mass from the spread of the sphere fits and the voxel size, or,
+        # for an unresolved lesion, half the resolution on its diameter.
+        u_points = [math.hypot(activity_counts_sd(les, view.suv, view.doc.get("reference_soft_tissue_suv"),
+                                                  settings.limits),
+                               settings.uncertainty.recovery_resolved if (les.get("sphere_fit") or {}).get("resolved")
+                               else settings.uncertainty.recovery_unresolved) for view, les in points]
+        mass_sd = mass_rel_sd(resolved, volume_ml, points[-1][1])
         try:
-            dose = lesion_dose(times, retention, volume_ml, s_table=settings.s_values)
+            dose = lesion_dose(times, retention, volume_ml, s_table=settings.s_values, activity_rel_sd=u_points,
+                               mass_rel_sd=mass_sd, calibration_rel_sd=settings.uncertainty.calibration)
         except ValueError as exc:
             row["error"] = str(exc)
             out.append(row)
             continue
-        reference_gy = dose.dose_gy(settings.dose_activities_gbq[0])
+        u = dose.uncertainty
+        sd = u.relative_sd if u is not None and math.isfinite(u.relative_sd) else None
+
+        def interval(value: float, sd: float | None = sd) -> list[float] | None:
+            return None if sd is None else [round(value * math.exp(-Z95 * sd), 3), round(value * math.exp(Z95 * sd), 3)]
+
+        reference = dose.dose_gy(settings.dose_activities_gbq[0])
+        ref_ci = interval(reference)
         row.update({
             "model": dose.model, "mass_g": round(dose.mass_g, 4), "s_value": dose.s_value_source,
             "equivalent_diameter_mm": round(10.0 * (6.0 * volume_ml / np.pi) ** (1 / 3), 1),
@@ -282,24 +253,63 @@ def dosimetry_section(current: ScanView, priors: Sequence[tuple[ScanView, Pairin
             # 48:932): below 2 x FWHM the mass, hence the dose, is flagged as uncertain.
             "mass_source": mass_source,
             "mass_reliable": bool(fits) and all(f["diameter_mm"] >= 2 * f["fwhm_mm"] for f in resolved),
-            "biological_half_life_h": round(dose.biological_half_life_h, 2),
+            "biological_half_life_h": round(dose.biological_half_life_h, 2) if math.isfinite(
+                dose.biological_half_life_h) else None,
             "effective_half_life_131_h": round(dose.effective_half_life_131_h, 2),
             "time_integrated_activity_h": dose.tia_h, "gy_per_gbq": round(dose.gy_per_gbq, 3),
+            "gy_per_gbq_sd": round(dose.gy_per_gbq * sd, 3) if sd is not None else None,
+            "gy_per_gbq_ci95": interval(dose.gy_per_gbq),
+            "uncertainty": None if u is None else {
+                "relative_sd": round(sd, 4) if sd is not None else None,
+                "counts_and_fit": round(u.counts_and_fit, 4), "mass": round(u.mass, 4),
+                "calibration": round(u.calibration, 4), "per_time_point_activity": [round(x, 4) for x in u_points]},
             "predicted_dose_gy": {f"{a:g}_gbq": round(dose.dose_gy(a), 2) for a in settings.dose_activities_gbq},
-            "reaches_treat_threshold": reference_gy >= settings.treat_threshold_gy,
-            "reaches_nodal_response_dose": reference_gy >= settings.nodal_response_gy,
+            "predicted_dose_gy_ci95": {f"{a:g}_gbq": interval(dose.dose_gy(a)) for a in settings.dose_activities_gbq},
+            # A threshold counts as reached only when the lower 95 % bound reaches it.
+            "treat_threshold": threshold_decision(ref_ci, settings.treat_threshold_gy),
+            "nodal_response": threshold_decision(ref_ci, settings.nodal_response_gy),
+            "reaches_treat_threshold": threshold_decision(ref_ci, settings.treat_threshold_gy) == "reaches",
+            "reaches_nodal_response_dose": threshold_decision(ref_ci, settings.nodal_response_gy) == "reaches",
         })
         out.append(row)
     return {
         "method": "retention from %IA decay-corrected to administration (spill-out recovered); "
-                  "mono-exponential, or uptake + washout with >= 3 time points; 124I->131I half-life scaling; "
+                  "mono-exponential, or uptake + washout with >= 3 time points; retention rising at the end: "
+                  "trapezoid and physical decay only after the last point; 124I->131I half-life scaling; "
+                  "uncertainty by propagation (EANM 2018: counts, recovery, fit, mass, calibration); "
                   + ("sphere S-value table" if settings.s_values else
                      "local deposition (D = 0.11066 A~[MBq h] / m[g])"),
         "time_points": [time_point(v, settings.tsh) for v in views],
         "thresholds_gy": {"treat": settings.treat_threshold_gy, "nodal_response": settings.nodal_response_gy,
-                          "at_activity_gbq": settings.dose_activities_gbq[0]},
+                          "at_activity_gbq": settings.dose_activities_gbq[0],
+                          "decision": "reaches when the lower 95 % bound does, below when the upper does not, "
+                                      "else uncertain"},
+        "uncertainty_assumptions": {"calibration": settings.uncertainty.calibration,
+                                    "recovery_resolved": settings.uncertainty.recovery_resolved,
+                                    "recovery_unresolved": settings.uncertainty.recovery_unresolved},
         "lesions": out,
     }
+
+
+def matched_uptake_values(current: ScanView, series: Sequence[tuple[ScanView, Pairing]],
+                          at_h: float) -> dict[int, dict[str, Any]]:
+    """{current lesion id: SUVmax at `at_h` h} interpolated log-linearly between the two time points of
+    the current administration that bracket `at_h` (exact at a time point), for lesions matched at
+    both; nothing outside the series' time range (no extrapolation)."""
+    links = [(view, pairing.current_to_prior()) for view, pairing in series]
+    out: dict[int, dict[str, Any]] = {}
+    for lesion in tracked(current.doc):
+        pts = sorted([(float(v.doc["uptake_time_h"]), float(m[lesion["id"]]["suv_max"])) for v, m in links
+                      if lesion["id"] in m] + [(float(current.doc["uptake_time_h"]), float(lesion["suv_max"]))])
+        for (t0, s0), (t1, s1) in itertools.pairwise(pts):
+            if t0 <= at_h <= t1 and t1 > t0 and s0 > 0 and s1 > 0:
+                f = (at_h - t0) / (t1 - t0)
+                out[lesion["id"]] = {"uptake_time_h": at_h, "suv_max": round(math.exp((1 - f) * math.log(s0)
+                                                                                  + f * math.log(s1)), 4),
+                                     "from_times_h": [t0, t1], "method": "log-linear interpolation within the "
+                                     "current administration's series"}
+                break
+    return out
 
 
 def relate_scans(current_suv: Volume, current: ScanView, priors: Sequence[ScanView],
@@ -315,13 +325,14 @@ def relate_scans(current_suv: Volume, current: ScanView, priors: Sequence[ScanVi
     sections: dict[str, Any] = {}
     latest: tuple[datetime, Pairing] | None = None
     compared: ScanView | None = None
+    pairings = [(p, pair_scans(p, current, gate, affine)) for p in same]
     if other:
         compared = max(other, key=lambda p: p.doc["reference_datetime"])
         pairing = pair_scans(compared, current, gate, affine)
-        sections["comparison"] = compare_scans(current_suv, current, compared, pairing, settings)
+        matched = matched_uptake_values(current, pairings, float(compared.doc.get("uptake_time_h") or 0.0))
+        sections["comparison"] = compare_scans(current_suv, current, compared, pairing, settings, matched)
         latest = (datetime.fromisoformat(compared.doc["reference_datetime"]), pairing)
     if same:
-        pairings = [(p, pair_scans(p, current, gate, affine)) for p in same]
         sections["dosimetry"] = dosimetry_section(current, pairings, settings)
         for p, pairing in pairings:
             when = datetime.fromisoformat(p.doc["reference_datetime"])
@@ -355,4 +366,7 @@ def comparison_settings_from_config(section: Any, node_ae_title: str = "IODINE_N
                                     match_gate_mm=section.match_gate_mm),
         dose_activities_gbq=tuple(section.dose_activities_gbq), treat_threshold_gy=section.treat_threshold_gy,
         nodal_response_gy=section.nodal_response_gy,
-        s_values=tuple((p.mass_g, p.gy_per_mbq_h) for p in section.s_values) if section.s_values else None)
+        s_values=tuple((p.mass_g, p.gy_per_mbq_h) for p in section.s_values) if section.s_values else None,
+        limits=ChangeLimits(gained=section.gained, reduced=section.reduced, **section.change_limits.model_dump()),
+        avidity=AvidityRule(**section.avidity.model_dump()),
+        uncertainty=DoseUncertaintySettings(**section.dose_uncertainty.model_dump()))

@@ -32,18 +32,41 @@ CHANGE_CATEGORIES: dict[str, Code] = {
     "new": Code("NEW", PRIVATE_SCHEME, "New lesion"),
     "relabelled (physiological in the other scan)": Code("RELABELLED", PRIVATE_SCHEME,
                                                           "Physiological uptake in the other scan (review)"),
+    "avidity restored (avid only at higher TSH)": Code("RESTORED", PRIVATE_SCHEME,
+                                                        "Avidity restored at higher TSH"),
+    "avid only at lower TSH (refractory candidate)": Code("ONLY-LOWER-TSH", PRIVATE_SCHEME,
+                                                           "Avid only at lower TSH (radioiodine-refractory candidate)"),
+    "non-avid at both (refractory)": Code("REFRACTORY", PRIVATE_SCHEME,
+                                          "Non-avid at both TSH levels (radioiodine-refractory)"),
+    "lost (non-avid before)": Code("LOST-NON-AVID", PRIVATE_SCHEME, "Lost lesion, non-avid before"),
 }
+UPTAKE_TIME_PRIOR = Code("UPTAKE-TIME-PRIOR", PRIVATE_SCHEME, "Uptake time at prior time point")
+UPTAKE_TIMES_DIFFER = Code("UPTAKE-TIMES-DIFFER", PRIVATE_SCHEME, "Uptake times of the compared scans differ")
+CHANGE_BEYOND_REPEATABILITY = Code("CHANGE-BEYOND-RC", PRIVATE_SCHEME,
+                                   "SUVmax change from lower to higher TSH beyond repeatability")
 
 # 131I lesion dosimetry from serial 124I scans of one administration
 DOSE_PER_ACTIVITY = Code("DOSE-PER-GBQ", PRIVATE_SCHEME, "Predicted 131I absorbed dose per administered activity")
 EFFECTIVE_HALF_LIFE = Code("T-EFF-131", PRIVATE_SCHEME, "131I effective half-life in lesion")
 BIOLOGICAL_HALF_LIFE = Code("T-BIO", PRIVATE_SCHEME, "Biological half-life of iodine in lesion")
 TIME_INTEGRATED_ACTIVITY = Code("TIA-PER-A0", PRIVATE_SCHEME, "131I time-integrated activity per administered activity")
+DOSE_PER_ACTIVITY_SD = Code("DOSE-PER-GBQ-SD", PRIVATE_SCHEME,
+                            "Standard uncertainty of predicted 131I absorbed dose per administered activity")
+TREAT_THRESHOLD_DECISION = Code("TREAT-THRESHOLD", PRIVATE_SCHEME, "Predicted dose reaches treat threshold")
+DECISIONS: dict[str, Code] = {"reaches": Code("REACHES", PRIVATE_SCHEME, "Reaches (lower 95 % bound)"),
+                              "uncertain": Code("UNCERTAIN", PRIVATE_SCHEME, "Uncertain (95 % interval spans it)"),
+                              "below": Code("BELOW", PRIVATE_SCHEME, "Below (upper 95 % bound)")}
 
 
 def predicted_dose(activity_gbq: float) -> Code:
     """One concept per planned activity, e.g. "Predicted 131I absorbed dose for 3.7 GBq"."""
     return Code(f"DOSE-{activity_gbq:g}GBQ", PRIVATE_SCHEME, f"Predicted 131I absorbed dose for {activity_gbq:g} GBq")
+
+
+def predicted_dose_sd(activity_gbq: float) -> Code:
+    """The standard uncertainty of the predicted dose for one planned activity."""
+    return Code(f"DOSE-{activity_gbq:g}GBQ-SD", PRIVATE_SCHEME,
+                f"Standard uncertainty of predicted 131I absorbed dose for {activity_gbq:g} GBq")
 
 
 SUVBW = codes.DCM.Suvbw  # DCM 126401 "SUVbw"

@@ -172,7 +172,10 @@ def render_pages(result: SeriesResult, doc: dict) -> list[np.ndarray]:
 
 CATEGORY_COLOURS = {"gained uptake": (0, 140, 0), "stable": (60, 60, 60), "reduced uptake": (230, 140, 0),
                     "lost (refractory candidate)": (220, 20, 20), "new": (40, 90, 200),
-                    "relabelled (physiological in the other scan)": (150, 60, 200)}
+                    "relabelled (physiological in the other scan)": (150, 60, 200),
+                    "avidity restored (avid only at higher TSH)": (0, 150, 150),
+                    "avid only at lower TSH (refractory candidate)": (220, 20, 20),
+                    "non-avid at both (refractory)": (120, 0, 0), "lost (non-avid before)": (110, 110, 110)}
 SIDE_BOXES = ((16, 120, 500, 640), (524, 120, 1008, 640))
 CHANGE_COLUMNS = [("now", 30, True), ("prior", 80, True), ("site", 100, False), ("SUVmax", 350, True),
                   ("SUVmax", 440, True), ("change", 520, True), ("%IA", 600, True), ("%IA", 680, True),
@@ -198,8 +201,12 @@ def _fmt(v: object, digits: int) -> str:
     return f"{v:.{digits}f}" if isinstance(v, int | float) else "-"
 
 
-DOSE_COLUMNS = [("#", 24, True), ("site", 36, False), ("model", 236, False), ("g", 400, True),
-                ("Teff h", 470, True), ("Gy/GBq", 550, True)]
+DOSE_COLUMNS = [("#", 24, True), ("site", 36, False), ("model", 200, False), ("g", 380, True),
+                ("Teff h", 440, True), ("Gy/GBq", 470, False)]
+
+
+def _range(ci: list[float] | None) -> str:
+    return f" ({ci[0]:.0f}-{ci[1]:.0f})" if ci else ""
 
 
 def render_dosimetry_page(doc: dict[str, Any]) -> np.ndarray:
@@ -218,8 +225,10 @@ def render_dosimetry_page(doc: dict[str, Any]) -> np.ndarray:
     draw.text((16, 70), f"treat if >= {thresholds['treat']:g} Gy, nodal response >= {thresholds['nodal_response']:g}"
                         f" Gy (at {thresholds['at_activity_gbq']:g} GBq); * mass uncertain (lesion < 2 x FWHM)",
               fill="black", font=text)
-    columns = DOSE_COLUMNS + [(f"Gy @{a.removesuffix('_gbq')} GBq", 660 + 110 * n, True)
-                              for n, a in enumerate(activities)] + [("treat", 690 + 110 * len(activities), False)]
+    draw.text((16, 90), "Gy/GBq ± 1 SD; predicted Gy (95 % interval); treat: reaches only when the lower bound does",
+              fill="black", font=small)
+    columns = DOSE_COLUMNS + [(f"Gy @{a.removesuffix('_gbq')} GBq", 610 + 130 * n, False)
+                              for n, a in enumerate(activities)] + [("treat", 620 + 130 * len(activities), False)]
     y = 110
     for name, x, right in columns:
         _cell(draw, text, 16 + x, y, right, name, "black")
@@ -233,9 +242,11 @@ def render_dosimetry_page(doc: dict[str, Any]) -> np.ndarray:
             break
         colour = "black" if row["mass_reliable"] else (110, 110, 110)
         values = [f"{row['current_id']}{'' if row['mass_reliable'] else '*'}", str(row["site"])[:26],
-                  row["model"], _fmt(row["mass_g"], 2), _fmt(row["effective_half_life_131_h"], 0),
-                  _fmt(row["gy_per_gbq"], 1), *[_fmt(row["predicted_dose_gy"][a], 0) for a in activities],
-                  "yes" if row["reaches_treat_threshold"] else "no"]
+                  row["model"].split(":")[0][:20], _fmt(row["mass_g"], 2), _fmt(row["effective_half_life_131_h"], 0),
+                  _fmt(row["gy_per_gbq"], 1) + (f" ±{row['gy_per_gbq_sd']:.1f}" if row.get("gy_per_gbq_sd") else ""),
+                  *[_fmt(row["predicted_dose_gy"][a], 0) + _range((row.get("predicted_dose_gy_ci95") or {}).get(a))
+                    for a in activities],
+                  row.get("treat_threshold") or ("yes" if row["reaches_treat_threshold"] else "no")]
         for (_, x, right), value in zip(columns, values, strict=True):
             _cell(draw, text, 16 + x, y, right, value, colour)
         y += ROW_HEIGHT
@@ -283,6 +294,9 @@ def render_comparison_page(result: SeriesResult, doc: dict[str, Any], prior: Pri
             _mark(draw, small, (offset[0] + x, offset[1] + y), label, colour)
     draw.text((16, SIDE_BOXES[0][3] + 6), f"anterior MIPs, SUVbw {SUV_WINDOW[0]:g}-{SUV_WINDOW[1]:g}; "
                                           "R on the left", fill="black", font=small)
+    if comparison.get("warnings"):  # e.g. uptake times differ, TSH unknown
+        draw.text((300, SIDE_BOXES[0][3] + 6), "WARNING: " + "; ".join(comparison["warnings"])[:100] + " ...",
+                  fill=(200, 0, 0), font=small)
     y = SIDE_BOXES[0][3] + 30
     x0 = 16
     headers = ["now", "prior", "site", "SUVmax 1", "SUVmax 2", "change", "%IA 1", "%IA 2", "category"]

@@ -68,6 +68,14 @@ def _change_content(row: dict[str, Any]) -> tuple[list[hd.sr.Measurement], list[
     residual = _num(row.get("residual_suv_max_at_prior_site"))
     if residual is not None:
         m.append(hd.sr.Measurement(c.SUVMAX_RESIDUAL, residual, c.UNIT_SUVBW))
+    uptake_prior = _num(row.get("uptake_time_h_prior"))
+    if uptake_prior is not None:
+        m.append(hd.sr.Measurement(c.UPTAKE_TIME_PRIOR, uptake_prior, c.UNIT_HOUR))
+    if row.get("uptake_times_differ") is not None:
+        q.append(hd.sr.QualitativeEvaluation(c.UPTAKE_TIMES_DIFFER, c.YES if row["uptake_times_differ"] else c.NO))
+    if row.get("tsh_change"):
+        beyond = row["tsh_change"]["verdict"] != "stable"
+        q.append(hd.sr.QualitativeEvaluation(c.CHANGE_BEYOND_REPEATABILITY, c.YES if beyond else c.NO))
     return m, q
 
 
@@ -82,7 +90,19 @@ def _dose_content(row: dict[str, Any]) -> list[hd.sr.Measurement]:
         m.append(hd.sr.Measurement(c.BIOLOGICAL_HALF_LIFE, row["biological_half_life_h"], c.UNIT_HOUR))
     for key, gy in row["predicted_dose_gy"].items():
         m.append(hd.sr.Measurement(c.predicted_dose(float(key.removesuffix("_gbq"))), gy, c.UNIT_GY))
+    if _num(row.get("gy_per_gbq_sd")) is not None:
+        m.append(hd.sr.Measurement(c.DOSE_PER_ACTIVITY_SD, row["gy_per_gbq_sd"], c.UNIT_GY_PER_GBQ))
+        for key in row["predicted_dose_gy"]:
+            activity = float(key.removesuffix("_gbq"))
+            m.append(hd.sr.Measurement(c.predicted_dose_sd(activity), round(row["gy_per_gbq_sd"] * activity, 3),
+                                       c.UNIT_GY))
     return m
+
+
+def _dose_evaluations(row: dict[str, Any]) -> list[hd.sr.QualitativeEvaluation]:
+    decision = row.get("treat_threshold")
+    return [hd.sr.QualitativeEvaluation(c.TREAT_THRESHOLD_DECISION, c.DECISIONS[decision])] \
+        if decision in c.DECISIONS else []
 
 
 def build_sr(result: SeriesResult, doc: dict[str, Any], identity: ResultIdentity,
@@ -112,6 +132,7 @@ def build_sr(result: SeriesResult, doc: dict[str, Any], identity: ResultIdentity
         finding, sites = _finding(lesion)
         extra_m, extra_q = _change_content(changes[lesion.id]) if lesion.id in changes else ([], [])
         extra_m += _dose_content(doses[lesion.id]) if lesion.id in doses else []
+        extra_q += _dose_evaluations(doses[lesion.id]) if lesion.id in doses else []
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[lesion.id][0],
                                                          identifier=tracking[lesion.id][1]),

@@ -277,7 +277,8 @@ CHANGE_FACTORS: dict[str, tuple[float, float]] = {
 
 
 def build_patient(
-    seed: int, timepoint: int = 1, uptake_h: float = 24.0, wholebody: bool = True
+    seed: int, timepoint: int = 1, uptake_h: float = 24.0, wholebody: bool = True,
+    change_factors: dict[str, tuple[float, float]] | None = None,
 ) -> PatientModel:
     """Regions for one scan. Lesion positions and uptakes vary with `seed`; a later `timepoint`
     changes each metastasis' uptake (gained, stable, reduced, or lost = refractory)."""
@@ -308,7 +309,7 @@ def build_patient(
                     # Lost uptake: the lesion stays on CT but holds no more iodine than soft tissue.
                     suv, kind = 0.5, NON_AVID
                 else:
-                    lo, hi = CHANGE_FACTORS[change]
+                    lo, hi = {**CHANGE_FACTORS, **(change_factors or {})}[change]
                     suv *= float(np.random.default_rng([seed, timepoint, hash_name(spec.name)]).uniform(lo, hi))
         regions.append(
             Region(

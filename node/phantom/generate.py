@@ -107,6 +107,11 @@ class PhantomOptions:
     sensitivity: float = 1.0  # relative to the reference scanner (counts model only)
     positron_range_mm: float | None = None  # mean 3D range; None: 3.0 if realistic else 0 (pure Gaussian)
     respiratory_mm: float | None = None  # cranio-caudal blur at the lung bases; None: 12 if realistic else 0
+    # Benchmarks of the comparison: another noise realisation of the same scan (0: the seed's own),
+    # and the uptake factors drawn for changed lesions at a later time point ((change, low, high), e.g.
+    # ("gained", 1.1, 1.2)) instead of the built-in ranges.
+    noise_realisation: int = 0
+    change_factors: tuple[tuple[str, float, float], ...] | None = None
 
     def check(self) -> None:
         if self.size not in SIZES:
@@ -233,7 +238,8 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
     scan_start = administration + timedelta(hours=opts.uptake_h)
 
     key = (opts.seed, opts.size, opts.vendor, opts.timepoint, opts.uptake_h, activity_mbq, opts.noise,
-           opts.psf_fwhm_mm, *opts.extra_key)
+           opts.psf_fwhm_mm, *opts.extra_key) + ((opts.noise_realisation, str(opts.change_factors))
+                                                  if opts.noise_realisation or opts.change_factors else ())
     study_uid = derive_uid("phantom-study", *key)
     info = StudyInfo(
         vendor=opts.vendor,
@@ -258,7 +264,8 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
     ct_series_uid = derive_uid("phantom-ct", *key)
     pet_series_uid = derive_uid("phantom-pt", *key)
 
-    model = build_patient(opts.seed, opts.timepoint, opts.uptake_h, wholebody=opts.size == "wholebody")
+    model = build_patient(opts.seed, opts.timepoint, opts.uptake_h, wholebody=opts.size == "wholebody",
+                          change_factors={c: (lo, hi) for c, lo, hi in opts.change_factors or ()})
     if opts.realistic:
         model = make_realistic(model, opts.seed, opts.timepoint, opts.uptake_h)
     positron_mm = opts.positron_range_mm if opts.positron_range_mm is not None else (3.0 if opts.realistic else 0.0)
@@ -287,7 +294,8 @@ def generate_phantom(out_dir: str | Path, options: PhantomOptions | None = None)
 
     noise_cov = scan_noise_cov(opts, suv_to_bq_per_ml, frame_s)
     lung_base = pose.to_scanner(np.array([0.0, 0.0, LUNG_BASE_BODY_Z]))[2]
-    conc = render_pet_volume(model, pose, pet_grid, suv_to_bq_per_ml, opts.psf_fwhm_mm, noise_cov, opts.seed,
+    noise_seed = opts.seed + 7919 * opts.noise_realisation  # 0: the seed's own realisation, as before
+    conc = render_pet_volume(model, pose, pet_grid, suv_to_bq_per_ml, opts.psf_fwhm_mm, noise_cov, noise_seed,
                              positron_range_mm=positron_mm, respiratory_mm=respiratory_mm, lung_base_z=lung_base)
     timing = BedTiming(frame_s=frame_s, bed_step_mm=spec.bed_step_mm)
     pet_uids = write_pet_series(out / "PT", info, pet_series_uid, pet_grid, conc, timing)
