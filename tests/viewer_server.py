@@ -68,7 +68,7 @@ class ViewerServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path.startswith("/dicom-web/"):
                     self._proxy()
