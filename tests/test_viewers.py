@@ -228,7 +228,7 @@ def test_ohif_shows_segments_measurements_and_summary(delivered: Delivered, tmp_
     segments = pydicom.dcmread(delivered.results / "seg.dcm", stop_before_pixels=True).SegmentSequence
     labels = [s.SegmentLabel for s in sorted(segments, key=lambda s: s.SegmentNumber)]
     expected = tmp_path / "expected.json"
-    jump = len(labels) - 1  # a lesion that is not on screen when the SR opens
+    jump = 1  # the second lesion: not the one on screen when the SR opens
     expected.write_text(json.dumps({"segments": labels, "lesions": labels, "jump": jump}))
     server = ViewerServer(delivered.orthanc.url).start()
     try:
@@ -257,7 +257,7 @@ def test_ohif_shows_segments_measurements_and_summary(delivered: Delivered, tmp_
                   if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID == target)
     assert re.search(rf"\bI:\s*{number} \({number}/", steps["sr-jump"]["text"]), number
     assert "iodine-node summary" in steps["sc"]["text"]
-    for name in ("study", "seg", "seg-jump", "sr", "sr-jump", "sc"):
+    for name in ("study", "seg", "seg-jump", "sr-panel", "sr-jump", "sc"):
         assert Path(steps[name]["screenshot"]).stat().st_size > 10_000
 
 

@@ -1,4 +1,4 @@
-"""Coded concepts used in the result objects (shared/reference/dicom-results.md; PS3.16)."""
+"""Coded concepts used in the result objects (DICOM PS3.16 templates and context groups)."""
 
 from __future__ import annotations
 

@@ -104,7 +104,9 @@ await step('sr', async page => {
   await answer(page, 'Do you want to continue tracking measurements');
   await openPanel(page, 'trackedMeasurements-btn', expected.lesions[0]);
   await waitForTexts(page, expected.lesions, 'measurement panel');
-  report.steps['sr-panel'] = { text: await bodyText(page) };
+  const shot = path.join(outDir, 'ohif-sr-panel.png');
+  await page.screenshot({ path: shot });
+  report.steps['sr-panel'] = { text: await bodyText(page), screenshot: shot };
   await jumpTo(page, expected.lesions[expected.jump], 'sr-jump');
 });
 
