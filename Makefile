@@ -7,7 +7,7 @@ CONFIG ?= config/node.yaml
 # dicom3tools (dciodvfy) validates every object the node writes.
 PEERS  := dcmtk orthanc orthanc-dicomweb dicom3tools
 
-.PHONY: test test-fast run venv peers lint bench-ingest clean
+.PHONY: test test-fast run venv peers lint bench-ingest clean viewer test-viewers
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,31 @@ peers:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PEERS) >/dev/null; }; \
 	else echo "not root: install the peers yourself: apt-get install $(PEERS)"; fi
 
+# The viewer checks (tests/test_viewers.py: OHIF in Chromium, dcmjs): Node.js >= 20 (the machine's, else
+# Debian's), Debian's Chromium driven by playwright-core (no browser download), npm packages pinned in
+# tests/viewer/package-lock.json (npm ci) and the OHIF Viewer's static build (npm pack, integrity-checked).
+VIEWER_DEBS := chromium
+viewer:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	  command -v node >/dev/null || missing="$$missing nodejs"; command -v npm >/dev/null || missing="$$missing npm"; \
+	  [ -z "$$missing" ] || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	else echo "not root: install them yourself: apt-get install $(VIEWER_DEBS) nodejs npm"; fi
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || \
+	  { echo "Node.js >= 20 needed by playwright-core (found $$(node --version))"; exit 1; }
+	cd tests/viewer && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	tests/viewer/fetch-ohif.sh
+
 lint: venv
 	$(BIN)/ruff check node tests bench
 
 test: venv peers lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/test_viewers.py
+
+# Several minutes (a node, Orthanc, dcmqi, a browser through one study): its own target, run by .ci/run.
+test-viewers: venv peers viewer
+	$(BIN)/pytest -q tests/test_viewers.py
 
 # The quick subset: no peer program, no node process, no compute-heavy test (markers in pyproject.toml).
 test-fast: venv

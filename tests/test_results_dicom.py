@@ -183,3 +183,29 @@ def test_many_lesions_get_a_second_page(encoded, tmp_path: Path) -> None:
         path = tmp_path / f"sc-{n}.dcm"
         page.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == []
+
+
+def test_sr_planar_point_on_the_suvmax_voxel_beside_each_volumetric_group(encoded) -> None:
+    """What image viewers draw (TID 1410): a point on the focus' hottest voxel, its SUVmax and SUVpeak."""
+    _, result, _, files, _ = encoded(vendor="siemens")
+    sr = hd.sr.srread(files["sr"])
+    planar = {g.tracking_uid: g for g in sr.content.get_planar_roi_measurement_groups()}
+    volumetric = {g.tracking_uid: g for g in _groups(sr)}
+    assert set(planar) == set(volumetric) and len(planar) == len(result.lesions)
+    seg = pydicom.dcmread(files["seg"], stop_before_pixels=True)
+    for lesion in result.lesions:
+        uid = next(d.TrackingUID for d in seg.SegmentSequence if d.SegmentNumber == lesion.id)
+        group = planar[uid]
+        region = group.roi
+        assert region.graphic_type.value == "POINT"
+        (col, row), = region.value
+        k = result.pet_sop_uids.index(region.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        j, i = int(row - 0.5), int(col - 0.5)
+        assert result.labels[k, j, i] == lesion.mask_label
+        assert result.suv_volume.array[k, j, i] == pytest.approx(lesion.suv_max)
+        values = {m.derivation.value: m.value for m in group.get_measurements()}
+        assert values == pytest.approx({"56851009": lesion.suv_max, "126031": lesion.suv_peak})
+        comment = [i for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+        assert comment[0].TextValue == next(d.SegmentLabel for d in seg.SegmentSequence if d.TrackingUID == uid)
+    colours = {tuple(d.RecommendedDisplayCIELabValue) for d in seg.SegmentSequence}
+    assert 2 <= len(colours) <= 4  # one colour per kind of focus (avid, non-avid, remnant, physiological)

@@ -1,4 +1,4 @@
-"""Coded concepts used in the result objects (PS3.16 TID 1500, CID 7180/7181; docs/science.md)."""
+"""Coded concepts used in the result objects (PS3.16 TID 1500, TID 1410, CID 7180/7181; docs/science.md)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ IODINE_AVID = Code("IODINE-AVID", PRIVATE_SCHEME, "Iodine-avid")
 REFERENCE_SOFT_TISSUE = Code("REF-SOFT-TISSUE", PRIVATE_SCHEME, "Soft-tissue reference SUVbw")
 NO_FOCI = Code("NO-FOCI", PRIVATE_SCHEME, "No focus of iodine uptake found")
 FINDING = codes.DCM.Finding  # DCM 121071
+COMMENT = codes.DCM.Comment  # DCM 121106
 
 # Change since the prior time point (two administrations: the TSH comparison)
 SUVMAX_PRIOR = Code("SUVMAX-PRIOR", PRIVATE_SCHEME, "SUVbw max at prior time point")
@@ -70,6 +71,7 @@ def predicted_dose_sd(activity_gbq: float) -> Code:
 
 
 SUVBW = codes.DCM.Suvbw  # DCM 126401 "SUVbw"
+SUV_METHOD = codes.DCM.SUVBodyWeightCalculationMethod  # DCM 126410, TID 1419 row 10 "Measurement Method"
 MAXIMUM = codes.SCT.Maximum  # SCT 56851009
 MEAN = codes.SCT.Mean  # SCT 373098007
 PEAK = codes.DCM.PeakValueWithinROI  # DCM 126031

@@ -40,6 +40,22 @@ def segment_codes(lesion: Lesion) -> tuple[object, object]:
     return c.MORPHOLOGICALLY_ABNORMAL, c.LESION
 
 
+# Recommended display colours (PS3.3 C.8.20.2: CIELab), the SC page's colours so a lesion looks the
+# same in both: red avid metastasis, orange non-avid, purple remnant, blue physiological.
+SEGMENT_RGB = {"avid": (220, 20, 20), "non-avid": (230, 140, 0), "remnant": (170, 0, 170),
+               "physiological": (40, 90, 200)}
+
+
+def segment_colour(lesion: Lesion) -> hd.color.CIELabColor:
+    if lesion.label.startswith("physiological:"):
+        kind = "physiological"
+    elif lesion.label == "remnant":
+        kind = "remnant"
+    else:
+        kind = "avid" if lesion.iodine_avid else "non-avid"
+    return hd.color.CIELabColor.from_rgb(*SEGMENT_RGB[kind])
+
+
 def algorithm() -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(name="iodine-node", family=codes.cid7162.NeighborhoodAnalysis,
                                               version=node.__version__)
@@ -62,7 +78,7 @@ def build_seg(result: SeriesResult, identity: ResultIdentity, tracking: dict[int
             segment_number=lesion.id, segment_label=segment_label(lesion), segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm(), tracking_uid=tracking[lesion.id][0],
-            tracking_id=tracking[lesion.id][1]))
+            tracking_id=tracking[lesion.id][1], display_color=segment_colour(lesion)))
     return hd.seg.Segmentation(
         source_images=result.pet_headers, pixel_array=label_map.astype(dtype),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,

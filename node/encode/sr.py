@@ -1,4 +1,6 @@
-"""TID 1500 Measurement Report in a Comprehensive 3D SR: one volumetric ROI group per focus."""
+"""TID 1500 Measurement Report in a Comprehensive 3D SR: per focus a planar ROI group (an outline on
+the PET slice of its SUVmax, which image viewers draw) and a volumetric ROI group (its SEG segment,
+which 3D Slicer/dcmqi read), both under the lesion's tracking identifier."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import math
 from typing import Any
 
 import highdicom as hd
+import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -13,6 +16,8 @@ from pydicom.sr.codedict import codes
 import node
 from node.encode import codes as c
 from node.encode.identity import MANUFACTURER, MODEL, SERIES_DESCRIPTIONS, SERIES_NUMBERS, ResultIdentity
+from node.encode.planar import suvmax_voxel
+from node.encode.seg import segment_label
 from node.quant.measure import Lesion
 from node.quant.study import SeriesResult
 from node.uids import derive_uid
@@ -45,6 +50,45 @@ def _measurements(lesion: Lesion) -> list[hd.sr.Measurement]:
     if lesion.percent_injected_activity is not None:
         m.append(hd.sr.Measurement(c.PERCENT_IA, lesion.percent_injected_activity, c.UNIT_PERCENT))
     return m
+
+
+def _algorithm() -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(name="iodine-node", version=node.__version__)
+
+
+def planar_group(result: SeriesResult, lesion: Lesion, tracking: tuple[str, str], finding: object,
+                 sites: list[hd.sr.FindingSite], when: hd.sr.TimePointContext | None, label: str
+                 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 for image viewers: a point on the focus' SUVmax voxel, on its PET slice (SCOORD
+    POINT on that image), carrying SUVmax and SUVpeak. Same tracking identifier and UID as the
+    volumetric group (one lesion), so readers that merge groups by tracking UID (OHIF) see one.
+
+    Beyond TID 1419 (as highdicom reads it), each NUM also names the point it was taken at (INFERRED
+    FROM SCOORD, as TID 300 has it; the Comprehensive 3D SR IOD allows that relationship) and the
+    group has a Comment (DCM 121106) with the segment's label: this is the shape OHIF/Cornerstone
+    write themselves and turn back into a probe measurement listed by that label (their Probe adapter
+    reads the SCOORD of the group's first NUM)."""
+    k, j, i = suvmax_voxel(result.suv_volume.array, result.labels == lesion.mask_label)
+    point = np.asarray([[i + 0.5, j + 0.5]])  # PS3.3 C.18.6.1.2: (0, 0) is the top-left pixel's top-left corner
+    source = hd.sr.SourceImageForRegion.from_source_image(result.pet_headers[k])
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[0], identifier=tracking[1]),
+        referenced_region=hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=point,
+                                            source_image=source),
+        finding_type=finding, finding_sites=sites or None, time_point_context=when,
+        method=c.SUV_METHOD, algorithm_id=_algorithm(),
+        measurements=[hd.sr.Measurement(c.SUVBW, lesion.suv_max, c.UNIT_SUVBW, derivation=c.MAXIMUM),
+                      hd.sr.Measurement(c.SUVBW, lesion.suv_peak, c.UNIT_SUVBW, derivation=c.PEAK)])
+    content = group[0].ContentSequence
+    for item in content:
+        if item.ValueType == "NUM":
+            if "ContentSequence" not in item:
+                item.ContentSequence = []
+            item.ContentSequence.append(hd.sr.CoordinatesForMeasurement(
+                graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=point, source_image=source))
+    content.append(hd.sr.TextContentItem(name=c.COMMENT, value=label,
+                                         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    return group
 
 
 def _num(value: object) -> float | None:
@@ -133,6 +177,8 @@ def build_sr(result: SeriesResult, doc: dict[str, Any], identity: ResultIdentity
         extra_m, extra_q = _change_content(changes[lesion.id]) if lesion.id in changes else ([], [])
         extra_m += _dose_content(doses[lesion.id]) if lesion.id in doses else []
         extra_q += _dose_evaluations(doses[lesion.id]) if lesion.id in doses else []
+        groups.append(planar_group(result, lesion, tracking[lesion.id], finding, sites, when,
+                                   segment_label(lesion)))
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[lesion.id][0],
                                                          identifier=tracking[lesion.id][1]),
@@ -140,7 +186,7 @@ def build_sr(result: SeriesResult, doc: dict[str, Any], identity: ResultIdentity
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=lesion.id,
                 source_series=hd.sr.SourceSeriesForSegmentation(result.pet_series_uid)),
             finding_type=finding, finding_sites=sites or None,
-            time_point_context=when,
+            time_point_context=when, method=c.SUV_METHOD, algorithm_id=_algorithm(),
             measurements=_measurements(lesion) + extra_m,
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(c.IODINE_AVID, c.YES if lesion.iodine_avid
                                                                  else c.NO), *extra_q],
