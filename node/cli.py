@@ -253,9 +253,11 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+def _add_global_options(parser: argparse.ArgumentParser, default: object, config: bool = True) -> None:
     """--config, --log-level, --log-format: accepted before the subcommand and after it."""
-    parser.add_argument("--config", default=default, help="YAML configuration file (default: $IODINE_NODE_CONFIG)")
+    if config:
+        parser.add_argument("--config", default=default,
+                            help="YAML configuration file (default: $IODINE_NODE_CONFIG)")
     parser.add_argument("--log-level", default=default, choices=("debug", "info", "warning", "error"),
                         help="default: logging.level of the configuration")
     parser.add_argument("--log-format", default=default, choices=("text", "json"),
@@ -271,10 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     # there, otherwise the value given before the subcommand (or None) stays.
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, argparse.SUPPRESS)
+    no_config = argparse.ArgumentParser(add_help=False)  # demo and phantom run on built-in settings
+    _add_global_options(no_config, argparse.SUPPRESS, config=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=summary)
+        return sub.add_parser(name, parents=[no_config if name in ("demo", "phantom") else common], help=summary)
 
     p = command("check-config", "validate a configuration file and print the effective configuration")
     p.add_argument("config_file", nargs="?", help="the file (default: --config or $IODINE_NODE_CONFIG)")
