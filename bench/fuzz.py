@@ -253,8 +253,8 @@ class FuzzRun:
 
     def __init__(self, port: int, ae_title: str, pid: int, log_path: Path, echo: Callable[[], None] | None = None,
                  rss_limit_mb: float = 100.0, case_timeout_s: float = 2.0, quiet_s: float = 0.5,
-                 parallel: int = 4, health: Callable[[], dict] | None = None) -> None:
-        self.parallel, self.health = parallel, health
+                 parallel: int = 4, health: Callable[[], dict] | None = None, settle_s: float = 15.0) -> None:
+        self.parallel, self.health, self.settle_s = parallel, health, settle_s
         self.port, self.ae_title, self.pid, self.log_path = port, ae_title, pid, log_path
         self.echo = echo or self._pynetdicom_echo
         self.rss_limit_mb, self.case_timeout_s, self.quiet_s = rss_limit_mb, case_timeout_s, quiet_s
@@ -324,7 +324,7 @@ class FuzzRun:
         r.peak_rss_growth_mb = max(r.peak_rss_growth_mb, rss - r.base_rss_mb)
         if rss - r.base_rss_mb > self.rss_limit_mb:
             r.failed_checks.append(f"batch {r.batches}: RSS {rss:.0f} MB, {rss - r.base_rss_mb:.0f} MB over the start")
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + self.settle_s  # connections of the batch may still be closing
         while time.monotonic() < deadline:
             if wire.threads(self.pid) <= base_threads + 2 and wire.open_fds(self.pid) <= base_fds + 2:
                 break

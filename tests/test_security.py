@@ -373,7 +373,7 @@ def test_short_fuzz_run(node, tmp_path: Path) -> None:
 
     n = node(FAST)
     run = FuzzRun(n.port, n.ae_title, _pid(n), n.log_path, echo=lambda: _echo_ok(n),
-                  health=lambda: json.loads(n.http_get("/healthz")[1]))
+                  health=lambda: json.loads(n.http_get("/healthz")[1]), settle_s=30)
     report = run.run(seconds=60, batch=100)
     assert report.cases >= 100, report.as_dict()
     assert report.outcomes["AC + status 0x0000 + RELEASE-RP"] + report.outcomes["AC + RELEASE-RP"] > 0
