@@ -198,29 +198,40 @@ def test_crash_point(point: str, study, short, receiver, nodes, tmp_path: Path) 
 
 
 @peer
-@pytest.mark.parametrize("point", ["retention-claimed", "retention-files-deleted"])
-def test_crash_during_retention_never_resurrects(point: str, study, short, receiver, nodes, tmp_path: Path) -> None:
-    files = short
-    n = make_node(nodes, tmp_path / "node", receiver).start()
-    assert n.storescu(files).returncode == 0
-    wait_for(lambda: settled(n), 180, "the job done and its results delivered")
+@pytest.mark.parametrize(("point", "processed"), [("retention-claimed", False), ("retention-files-deleted", True)])
+def test_crash_during_retention_never_resurrects(point: str, processed: bool, study, short, receiver, nodes,
+                                                 tmp_path: Path) -> None:
+    """processed: the study was quantified and its results delivered first (else it only holds
+    inputs: quicker, and a resurrected study would show as indexed instances all the same)."""
+    quiet = {} if processed else {"stable_after_s": 600, "force_after_s": 1200}
+    n = make_node(nodes, tmp_path / "node", receiver, ingest=quiet).start()
+    assert n.storescu(short).returncode == 0
+    if processed:
+        wait_for(lambda: settled(n), 180, "the job done and its results delivered")
     n.stop()
     uid = study.truth["study_instance_uid"]
-    n2 = make_node(nodes, tmp_path / "node", receiver, env={CRASH_ENV: point},
+    n2 = make_node(nodes, tmp_path / "node", receiver, env={CRASH_ENV: point}, ingest=quiet,
                    storage={"min_free_gb": 0, "retention": {"inputs_days": 1e-5}})
     n2.start()  # retention runs at once and kills the node at the point
     assert n2.proc is not None
     wait_for(lambda: n2.proc.poll() is not None, 60, f"the node to die at {point}")
+    assert n2.db("SELECT state FROM studies WHERE study_uid=?", (uid,))[0]["state"] == "deleting"
+    assert n2.instance_count(uid) == len(short)  # rows go last
+    left = list((n2.root / "studies" / uid).rglob("*.dcm"))
+    assert len(left) == (len(short) if point == "retention-claimed" else 0)  # files go first
     # Restart WITHOUT retention: start-up must finish the deletion, and reconciliation must not
     # re-index what is left.
     n3 = make_node(nodes, tmp_path / "node", receiver).start()
-    assert "interrupted retention deletion(s) completed" in n3.log()
-    assert n3.db("SELECT state, instance_count FROM studies WHERE study_uid=?", (uid,))[0]["state"] == "deleted"
+    assert "1 interrupted retention deletion(s) completed" in n3.log()
+    assert n3.db("SELECT state FROM studies WHERE study_uid=?", (uid,))[0]["state"] == "deleted"
     assert n3.instance_count(uid) == 0
     assert not (n3.root / "studies" / uid).exists()
     assert unindexed_files(n3) == (set(), set())
-    assert [j["state"] for j in n3.jobs()] == ["done"]  # nothing re-quantified
-    assert_delivered_exactly_once(n3, receiver)  # nothing re-sent
+    if processed:
+        assert [j["state"] for j in n3.jobs()] == ["done"]  # nothing re-quantified
+        assert_delivered_exactly_once(n3, receiver)  # nothing re-sent
+    else:
+        assert n3.jobs() == []
 
 
 # -- a real full disk ---------------------------------------------------------------------------
