@@ -98,7 +98,7 @@ def scan_values(path: Path, keywords: tuple[str, ...]) -> dict[str, HeaderValue]
     raw = _scan(path, keywords)
     if raw is None:
         return None
-    meta, found, _ = raw
+    meta, found, _, _ = raw
     try:
         charset = found.get(0x00080005)
         terms = charset.value.decode("ascii").strip("\0 ").split("\\") if charset else []
@@ -116,7 +116,9 @@ def scan_values(path: Path, keywords: tuple[str, ...]) -> dict[str, HeaderValue]
 
 
 def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement],
-                                                           bool] | None:
+                                                           bool, tuple[int, int, int] | None] | None:
+    """(file meta, wanted elements, implicit VR?, (Pixel Data value offset, value length, file size)
+    when the scan reached a top-level Pixel Data element)."""
     wanted = {int(Tag(k)) for k in keywords}
     last = max(wanted)
     with open(path, "rb") as fh:
@@ -140,9 +142,13 @@ def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataEleme
             return None
         implicit = ts == ImplicitVRLittleEndian
         found: dict[int, RawDataElement] = {}
+        pixels = None
         while pos < len(buf):
             tag, vr, length, value = _element(buf, pos, implicit)  # raises when cut short
-            if tag > last or tag == _PIXEL_DATA:
+            if tag == _PIXEL_DATA:
+                pixels = (value, length, len(buf))
+                break
+            if tag > last:
                 break
             if length == _UNDEFINED:
                 pos = _skip_undefined(buf, value, implicit)
@@ -157,4 +163,34 @@ def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataEleme
         return None
     finally:
         buf.close()
-    return meta, found, implicit
+    return meta, found, implicit, pixels
+
+
+_PIXEL_KEYWORDS = ("SamplesPerPixel", "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "PixelData")
+
+
+def pixel_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """(bytes present, bytes the image needs) of native top-level Pixel Data: Rows x Columns x
+    SamplesPerPixel x BitsAllocated / 8 x NumberOfFrames (PS3.5 8.1.1, PS3.3 C.7.6.3). (n, n) when
+    complete or not checkable here (no Pixel Data, encapsulated); None when pydicom must decide."""
+    raw = _scan(path, _PIXEL_KEYWORDS)
+    if raw is None:
+        return None
+    meta, found, _, pixels = raw
+    if pixels is None:
+        return (0, 0)
+    offset, length, size = pixels
+    ts = UID(meta[0x00020010].value.decode("ascii").strip("\0 "))
+    if length == _UNDEFINED or ts.is_compressed:
+        return (0, 0)
+    try:
+        values = {keyword_for_tag(t): _decode(t, e.VR or dictionary_VR(t), e.value, []) for t, e in found.items()}
+    except (UnicodeDecodeError, ValueError, struct.error):
+        return None
+    rows, cols, bits = values.get("Rows"), values.get("Columns"), values.get("BitsAllocated")
+    if not isinstance(rows, int) or not isinstance(cols, int) or not isinstance(bits, int):
+        return None
+    spp = values.get("SamplesPerPixel") if isinstance(values.get("SamplesPerPixel"), int) else 1
+    frames = values.get("NumberOfFrames") if isinstance(values.get("NumberOfFrames"), int) else 1
+    expected = (rows * cols * int(spp or 1) * int(frames or 1) * bits + 7) // 8
+    return min(length, size - offset), expected
