@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import PositronEmissionTomographyImageStorage
 
@@ -487,3 +487,25 @@ def test_retention_race_with_arrivals_and_crash(study, tmp_path: Path) -> None:
     # The sender's retry after the deletion: stored as a new arrival, the study re-opened.
     outcome = put(files[3])
     assert outcome.stored and (root / outcome.record.path).is_file() and index.study_state(uid) == "receiving"
+
+
+def test_a_file_cut_inside_its_pixel_data_is_refused(study, tmp_path: Path) -> None:
+    """What a sender that dies mid-write (or a copy still in progress) leaves: the Pixel Data
+    element claims more bytes than the file holds. Also through pydicom's path (big endian)."""
+    from node.ingest.ingestor import CANNOT_UNDERSTAND, IngestError, check_pixel_data_complete
+
+    whole = study.pet_files[3]
+    check_pixel_data_complete(whole)  # complete: no error
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:-1000])
+    with pytest.raises(IngestError) as refused:
+        check_pixel_data_complete(cut)
+    assert refused.value.status == CANNOT_UNDERSTAND and "pixel data incomplete" in refused.value.reason
+    big = tmp_path / "big-endian.dcm"
+    ds = pydicom.dcmread(whole)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    pydicom.dcmwrite(big, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    assert pydicom.dcmread(big).file_meta.TransferSyntaxUID == ExplicitVRBigEndian
+    with pytest.raises(IngestError, match="incomplete"):
+        check_pixel_data_complete(big)
