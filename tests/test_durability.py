@@ -509,3 +509,46 @@ def test_a_file_cut_inside_its_pixel_data_is_refused(study, tmp_path: Path) -> N
     assert pydicom.dcmread(big).file_meta.TransferSyntaxUID == ExplicitVRBigEndian
     with pytest.raises(IngestError, match="incomplete"):
         check_pixel_data_complete(big)
+
+
+def test_finish_job_publishes_only_the_newest_and_supersedes_stale_deliveries(tmp_path: Path) -> None:
+    """In-process, the index alone: the rules Index.finish_job enforces under its lock."""
+    from node.index import Index, InstanceRecord
+
+    index = Index(tmp_path)
+    study = "1.2.3"
+
+    def arrive(sop: str) -> float:
+        index.add_instance(InstanceRecord(sop, "1.2.840.10008.5.1.4.1.1.128", "1.2.3.1", study, "1.2.840.10008.1.2.1",
+                                          f"studies/{study}/1.2.3.1/{sop}.dcm", 1, modality="PT"), "test", "T")
+        return index.query("SELECT last_received FROM studies")[0][0]
+
+    first = index.queue_job("quantify", study, {}, [], arrive("1.2.3.1.1"))
+    assert index.claim_job().id == first
+    second = index.queue_job("quantify", study, {}, [], arrive("1.2.3.1.2"))  # while the first runs
+
+    def must_not_run() -> tuple[dict, list]:
+        raise AssertionError("a superseded job must not publish")
+
+    assert index.finish_job(first, None, None, publish=must_not_run) is False
+    assert index.job(first).state == "superseded"
+    assert index.claim_job().id == second
+
+    def delivering(*objects: tuple[str, str]):
+        return lambda: ({"ok": True}, [("pacs", kind, f"outputs/{study}/v/{kind}.dcm", uid, "1.2", "digest")
+                                       for kind, uid in objects])
+
+    assert index.finish_job(second, None, None, publish=delivering(("sr", "9.1"), ("seg", "9.2"))) is True
+    rows = {r["sop_instance_uid"]: r for r in index.deliveries()}
+    assert {r["state"] for r in rows.values()} == {"pending"} and rows["9.1"]["sha256"] == "digest"
+    index.delivery_outcome(rows["9.1"]["id"], "delivered")
+    # The same job again (jobs retry) with other content: 9.2 is stale now, 9.1 was delivered already.
+    index.retry_job(second)
+    index.claim_job()
+    index.finish_job(second, None, None, publish=delivering(("sr", "9.1"), ("sc", "9.3")))
+    states = {r["sop_instance_uid"]: r["state"] for r in index.deliveries()}
+    assert states == {"9.1": "delivered", "9.2": "superseded", "9.3": "pending"}
+    index.delivery_outcome(rows["9.2"]["id"], "pending", "connection refused")  # a send that was in flight
+    assert {r["sop_instance_uid"]: r["state"] for r in index.deliveries()}["9.2"] == "superseded"
+    with pytest.raises(ValueError, match="superseded by job"):
+        index.retry_job(first)
