@@ -371,10 +371,9 @@ class Index:
             c.execute("UPDATE jobs SET state=?, finished_at=?, result=?, error=? WHERE id=?",
                       (FAILED if error else DONE, now, json.dumps(result) if result is not None else None,
                        error, job_id))
-            if deliveries:
-                c.execute("UPDATE outbox SET state=?, last_error=? WHERE study_uid=? AND job_id<>? AND state IN (?,?)",
-                          (SUPERSEDED, f"superseded by the results of job {job_id}", row["study_uid"], job_id,
-                           PENDING, DEAD))
+            if deliveries:  # earlier results of the study not yet delivered (this job's earlier attempt too)
+                c.execute("UPDATE outbox SET state=?, last_error=? WHERE study_uid=? AND state IN (?,?)",
+                          (SUPERSEDED, f"superseded by the results of job {job_id}", row["study_uid"], PENDING, DEAD))
             for destination, kind, path, sop_uid, sop_class, *digest in deliveries:
                 c.execute(
                     "INSERT INTO outbox (job_id, study_uid, destination, kind, path, sop_instance_uid, sop_class_uid,"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import PositronEmissionTomographyImageStorage
 
@@ -198,29 +198,40 @@ def test_crash_point(point: str, study, short, receiver, nodes, tmp_path: Path) 
 
 
 @peer
-@pytest.mark.parametrize("point", ["retention-claimed", "retention-files-deleted"])
-def test_crash_during_retention_never_resurrects(point: str, study, short, receiver, nodes, tmp_path: Path) -> None:
-    files = short
-    n = make_node(nodes, tmp_path / "node", receiver).start()
-    assert n.storescu(files).returncode == 0
-    wait_for(lambda: settled(n), 180, "the job done and its results delivered")
+@pytest.mark.parametrize(("point", "processed"), [("retention-claimed", False), ("retention-files-deleted", True)])
+def test_crash_during_retention_never_resurrects(point: str, processed: bool, study, short, receiver, nodes,
+                                                 tmp_path: Path) -> None:
+    """processed: the study was quantified and its results delivered first (else it only holds
+    inputs: quicker, and a resurrected study would show as indexed instances all the same)."""
+    quiet = {} if processed else {"stable_after_s": 600, "force_after_s": 1200}
+    n = make_node(nodes, tmp_path / "node", receiver, ingest=quiet).start()
+    assert n.storescu(short).returncode == 0
+    if processed:
+        wait_for(lambda: settled(n), 180, "the job done and its results delivered")
     n.stop()
     uid = study.truth["study_instance_uid"]
-    n2 = make_node(nodes, tmp_path / "node", receiver, env={CRASH_ENV: point},
+    n2 = make_node(nodes, tmp_path / "node", receiver, env={CRASH_ENV: point}, ingest=quiet,
                    storage={"min_free_gb": 0, "retention": {"inputs_days": 1e-5}})
     n2.start()  # retention runs at once and kills the node at the point
     assert n2.proc is not None
     wait_for(lambda: n2.proc.poll() is not None, 60, f"the node to die at {point}")
+    assert n2.db("SELECT state FROM studies WHERE study_uid=?", (uid,))[0]["state"] == "deleting"
+    assert n2.instance_count(uid) == len(short)  # rows go last
+    left = list((n2.root / "studies" / uid).rglob("*.dcm"))
+    assert len(left) == (len(short) if point == "retention-claimed" else 0)  # files go first
     # Restart WITHOUT retention: start-up must finish the deletion, and reconciliation must not
     # re-index what is left.
     n3 = make_node(nodes, tmp_path / "node", receiver).start()
-    assert "interrupted retention deletion(s) completed" in n3.log()
-    assert n3.db("SELECT state, instance_count FROM studies WHERE study_uid=?", (uid,))[0]["state"] == "deleted"
+    assert "1 interrupted retention deletion(s) completed" in n3.log()
+    assert n3.db("SELECT state FROM studies WHERE study_uid=?", (uid,))[0]["state"] == "deleted"
     assert n3.instance_count(uid) == 0
     assert not (n3.root / "studies" / uid).exists()
     assert unindexed_files(n3) == (set(), set())
-    assert [j["state"] for j in n3.jobs()] == ["done"]  # nothing re-quantified
-    assert_delivered_exactly_once(n3, receiver)  # nothing re-sent
+    if processed:
+        assert [j["state"] for j in n3.jobs()] == ["done"]  # nothing re-quantified
+        assert_delivered_exactly_once(n3, receiver)  # nothing re-sent
+    else:
+        assert n3.jobs() == []
 
 
 # -- a real full disk ---------------------------------------------------------------------------
@@ -274,7 +285,7 @@ def test_disk_full_answers_a700_and_recovers(study, nodes, tmp_path: Path) -> No
         assert statuses[0] == 0x0000
         assert 0xA700 in statuses, f"a 1.5 MB disk should fill: {statuses}"
         assert set(statuses) <= {0x0000, 0xA700}, statuses
-        assert "No space left on device" in n.log()
+        assert "cannot store the data set: No space left on device" in n.log()  # hit while receiving
         assert list((n.root / "spool" / "tmp").iterdir()) == []  # every partial file removed at once
         assert unindexed_files(n) == (set(), set())
         stored = {r["sop_instance_uid"] for r in n.db("SELECT sop_instance_uid FROM instances")}
@@ -476,3 +487,68 @@ def test_retention_race_with_arrivals_and_crash(study, tmp_path: Path) -> None:
     # The sender's retry after the deletion: stored as a new arrival, the study re-opened.
     outcome = put(files[3])
     assert outcome.stored and (root / outcome.record.path).is_file() and index.study_state(uid) == "receiving"
+
+
+def test_a_file_cut_inside_its_pixel_data_is_refused(study, tmp_path: Path) -> None:
+    """What a sender that dies mid-write (or a copy still in progress) leaves: the Pixel Data
+    element claims more bytes than the file holds. Also through pydicom's path (big endian)."""
+    from node.ingest.ingestor import CANNOT_UNDERSTAND, IngestError, check_pixel_data_complete
+
+    whole = study.pet_files[3]
+    check_pixel_data_complete(whole)  # complete: no error
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:-1000])
+    with pytest.raises(IngestError) as refused:
+        check_pixel_data_complete(cut)
+    assert refused.value.status == CANNOT_UNDERSTAND and "pixel data incomplete" in refused.value.reason
+    big = tmp_path / "big-endian.dcm"
+    ds = pydicom.dcmread(whole)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    pydicom.dcmwrite(big, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    assert pydicom.dcmread(big).file_meta.TransferSyntaxUID == ExplicitVRBigEndian
+    with pytest.raises(IngestError, match="incomplete"):
+        check_pixel_data_complete(big)
+
+
+def test_finish_job_publishes_only_the_newest_and_supersedes_stale_deliveries(tmp_path: Path) -> None:
+    """In-process, the index alone: the rules Index.finish_job enforces under its lock."""
+    from node.index import Index, InstanceRecord
+
+    index = Index(tmp_path)
+    study = "1.2.3"
+
+    def arrive(sop: str) -> float:
+        index.add_instance(InstanceRecord(sop, "1.2.840.10008.5.1.4.1.1.128", "1.2.3.1", study, "1.2.840.10008.1.2.1",
+                                          f"studies/{study}/1.2.3.1/{sop}.dcm", 1, modality="PT"), "test", "T")
+        return index.query("SELECT last_received FROM studies")[0][0]
+
+    first = index.queue_job("quantify", study, {}, [], arrive("1.2.3.1.1"))
+    assert index.claim_job().id == first
+    second = index.queue_job("quantify", study, {}, [], arrive("1.2.3.1.2"))  # while the first runs
+
+    def must_not_run() -> tuple[dict, list]:
+        raise AssertionError("a superseded job must not publish")
+
+    assert index.finish_job(first, None, None, publish=must_not_run) is False
+    assert index.job(first).state == "superseded"
+    assert index.claim_job().id == second
+
+    def delivering(*objects: tuple[str, str]):
+        return lambda: ({"ok": True}, [("pacs", kind, f"outputs/{study}/v/{kind}.dcm", uid, "1.2", "digest")
+                                       for kind, uid in objects])
+
+    assert index.finish_job(second, None, None, publish=delivering(("sr", "9.1"), ("seg", "9.2"))) is True
+    rows = {r["sop_instance_uid"]: r for r in index.deliveries()}
+    assert {r["state"] for r in rows.values()} == {"pending"} and rows["9.1"]["sha256"] == "digest"
+    index.delivery_outcome(rows["9.1"]["id"], "delivered")
+    # The same job again (jobs retry) with other content: 9.2 is stale now, 9.1 was delivered already.
+    index.retry_job(second)
+    index.claim_job()
+    index.finish_job(second, None, None, publish=delivering(("sr", "9.1"), ("sc", "9.3")))
+    states = {r["sop_instance_uid"]: r["state"] for r in index.deliveries()}
+    assert states == {"9.1": "delivered", "9.2": "superseded", "9.3": "pending"}
+    index.delivery_outcome(rows["9.2"]["id"], "pending", "connection refused")  # a send that was in flight
+    assert {r["sop_instance_uid"]: r["state"] for r in index.deliveries()}["9.2"] == "superseded"
+    with pytest.raises(ValueError, match="superseded by job"):
+        index.retry_job(first)

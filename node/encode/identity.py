@@ -1,8 +1,9 @@
 """Deterministic identity of result objects.
 
 Series and SOP Instance UIDs derive from the source series, the algorithm version, the settings
-and a digest of the inputs: every SOP Instance UID that went into the job and every earlier scan
-(prior) whose results were used, with a digest of those results. Reprocessing the same input with
+and a digest of the inputs: every SOP Instance UID that went into the job, every earlier scan
+(prior) whose results were used (with a digest of those results) and, from the service's jobs,
+the findings themselves (node.pipeline). Reprocessing the same input with
 the same settings and the same priors yields the same UIDs (a PACS that already holds them keeps
 one copy); whenever the content can change (a late instance, a newly found or re-quantified prior,
 another setting, another version) the UIDs change too, so a PACS that keeps the first copy of a

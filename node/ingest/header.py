@@ -102,7 +102,7 @@ def scan_values(path: Path, keywords: tuple[str, ...]) -> dict[str, HeaderValue]
     raw = _scan(path, keywords)
     if raw is None:
         return None
-    meta, found, _ = raw
+    meta, found, _, _ = raw
     try:
         charset = found.get(0x00080005)
         terms = charset.value.decode("ascii").strip("\0 ").split("\\") if charset else []
@@ -120,7 +120,9 @@ def scan_values(path: Path, keywords: tuple[str, ...]) -> dict[str, HeaderValue]
 
 
 def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement],
-                                                           bool] | None:
+                                                           bool, tuple[int, int, int] | None] | None:
+    """(file meta, wanted elements, implicit VR?, (Pixel Data value offset, value length, file size)
+    when the scan reached a top-level Pixel Data element)."""
     wanted = {int(Tag(k)) for k in keywords}
     last = max(wanted)
     with open(path, "rb") as fh:
@@ -144,23 +146,29 @@ def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataEleme
             return None
         implicit = ts == ImplicitVRLittleEndian
         data: mmap.mmap | bytes = buf
-        if ts == DeflatedExplicitVRLittleEndian:  # the header attributes from a bounded inflated prefix
+        deflated = ts == DeflatedExplicitVRLittleEndian
+        if deflated:  # the header attributes from a bounded inflated prefix
             data, pos = inflate_prefix(bytes(buf[pos:]), _DEFLATED_PREFIX), 0
-        found = _scan_dataset(data, pos, implicit, wanted, last)
+        found, pixels = _scan_dataset(data, pos, implicit, wanted, last)
+        if deflated:  # offsets refer to the inflated prefix: Pixel Data completeness is pydicom's to judge
+            pixels = None
     except (_Malformed, struct.error, UnicodeDecodeError):
         return None
     finally:
         buf.close()
-    return meta, found, implicit
+    return meta, found, implicit, pixels
 
 
 def _scan_dataset(buf: mmap.mmap | bytes, pos: int, implicit: bool, wanted: set[int],
-                  last: int) -> dict[int, RawDataElement]:
-    """The wanted top-level elements of the data set starting at pos, up to the last wanted tag."""
+                  last: int) -> tuple[dict[int, RawDataElement], tuple[int, int, int] | None]:
+    """The wanted top-level elements of the data set starting at pos, up to the last wanted tag,
+    and (offset, length, buffer size) of the top-level Pixel Data when the scan reached it."""
     found: dict[int, RawDataElement] = {}
     while pos < len(buf):
         tag, vr, length, value = _element(buf, pos, implicit)  # raises when cut short
-        if tag > last or tag == _PIXEL_DATA:
+        if tag == _PIXEL_DATA:
+            return found, (value, length, len(buf))
+        if tag > last:
             break
         if length == _UNDEFINED:
             pos = _skip_undefined(buf, value, implicit)
@@ -171,4 +179,35 @@ def _scan_dataset(buf: mmap.mmap | bytes, pos: int, implicit: bool, wanted: set[
             found[tag] = RawDataElement(Tag(tag), vr.decode() if vr else None, length,
                                         bytes(buf[value:value + length]), value, implicit, True)
         pos = value + length
-    return found
+    return found, None
+
+
+
+_PIXEL_KEYWORDS = ("SamplesPerPixel", "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "PixelData")
+
+
+def pixel_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """(bytes present, bytes the image needs) of native top-level Pixel Data: Rows x Columns x
+    SamplesPerPixel x BitsAllocated / 8 x NumberOfFrames (PS3.5 8.1.1, PS3.3 C.7.6.3). (n, n) when
+    complete or not checkable here (no Pixel Data, encapsulated); None when pydicom must decide."""
+    raw = _scan(path, _PIXEL_KEYWORDS)
+    if raw is None:
+        return None
+    meta, found, _, pixels = raw
+    if pixels is None:
+        return (0, 0)
+    offset, length, size = pixels
+    ts = UID(meta[0x00020010].value.decode("ascii").strip("\0 "))
+    if length == _UNDEFINED or ts.is_compressed:
+        return (0, 0)
+    try:
+        values = {keyword_for_tag(t): _decode(t, e.VR or dictionary_VR(t), e.value, []) for t, e in found.items()}
+    except (UnicodeDecodeError, ValueError, struct.error):
+        return None
+    rows, cols, bits = values.get("Rows"), values.get("Columns"), values.get("BitsAllocated")
+    if not isinstance(rows, int) or not isinstance(cols, int) or not isinstance(bits, int):
+        return None
+    spp = values.get("SamplesPerPixel") if isinstance(values.get("SamplesPerPixel"), int) else 1
+    frames = values.get("NumberOfFrames") if isinstance(values.get("NumberOfFrames"), int) else 1
+    expected = (rows * cols * int(spp or 1) * int(frames or 1) * bits + 7) // 8
+    return min(length, size - offset), expected

@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError
 from node.crashpoints import crash_point
 from node.index import DELETING, Index, InstanceRecord, StudyBeingDeleted
 from node.ingest.deflate import InflateError, inflated_size, is_deflated
-from node.ingest.header import HeaderValue, scan_values
+from node.ingest.header import HeaderValue, pixel_data_shortfall, scan_values
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES
 from node.ingest.spool import ReceiveFile, Spool, fsync_dir, fsync_file, is_disk_error
 from node.metrics import Metrics
@@ -101,7 +101,14 @@ def check_pixel_data_complete(path: Path) -> None:
     """An instance whose native pixel data is shorter than Rows x Columns x Samples x Bits Allocated
     / 8 x Frames (PS3.5 8.1.1, PS3.3 C.7.6.3): a file copied while still being written, or a data
     set a sender cut short. The pixel data is not read, only its length and the bytes present."""
-    try:
+    fast = pixel_data_shortfall(path)
+    if fast is not None:
+        actual, expected = fast
+        if actual < expected:
+            raise IngestError(CANNOT_UNDERSTAND, f"pixel data incomplete: {actual} of {expected} bytes "
+                                                 "(Rows x Columns x SamplesPerPixel x BitsAllocated x frames)")
+        return
+    try:  # big endian, deflated, or a stream the scanner does not follow: pydicom decides
         ds = pydicom.dcmread(path, defer_size=1024)
         if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
             return
