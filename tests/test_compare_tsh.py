@@ -288,3 +288,20 @@ def test_threshold_reached_only_when_the_lower_bound_reaches_it() -> None:
     row = dosimetry_section(current, priors)["lesions"][0]
     gy = row["predicted_dose_gy"]["3.7_gbq"]
     assert gy > 20 and row["treat_threshold"] == "uncertain" and row["reaches_treat_threshold"] is False, row
+
+
+def test_every_comparison_and_dose_concept_is_a_valid_sr_code() -> None:
+    """Code meanings of the SR's private concepts fit DICOM (LO, at most 64 characters): a longer one
+    fails the whole job when the SR is built."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    from node.encode import codes as c
+
+    concepts = [v for v in vars(c).values() if isinstance(v, Code)]
+    concepts += [*c.CHANGE_CATEGORIES.values(), *c.DECISIONS.values(), c.predicted_dose(11.1),
+                 c.predicted_dose_sd(11.1)]
+    for code in concepts:
+        hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+    from node.compare.matching import CATEGORIES
+    assert set(CATEGORIES) <= set(c.CHANGE_CATEGORIES)

@@ -52,7 +52,7 @@ EFFECTIVE_HALF_LIFE = Code("T-EFF-131", PRIVATE_SCHEME, "131I effective half-lif
 BIOLOGICAL_HALF_LIFE = Code("T-BIO", PRIVATE_SCHEME, "Biological half-life of iodine in lesion")
 TIME_INTEGRATED_ACTIVITY = Code("TIA-PER-A0", PRIVATE_SCHEME, "131I time-integrated activity per administered activity")
 DOSE_PER_ACTIVITY_SD = Code("DOSE-PER-GBQ-SD", PRIVATE_SCHEME,
-                            "Standard uncertainty of predicted 131I absorbed dose per administered activity")
+                            "Standard uncertainty of predicted 131I dose per activity")
 TREAT_THRESHOLD_DECISION = Code("TREAT-THRESHOLD", PRIVATE_SCHEME, "Predicted dose reaches treat threshold")
 DECISIONS: dict[str, Code] = {"reaches": Code("REACHES", PRIVATE_SCHEME, "Reaches (lower 95 % bound)"),
                               "uncertain": Code("UNCERTAIN", PRIVATE_SCHEME, "Uncertain (95 % interval spans it)"),
@@ -67,7 +67,7 @@ def predicted_dose(activity_gbq: float) -> Code:
 def predicted_dose_sd(activity_gbq: float) -> Code:
     """The standard uncertainty of the predicted dose for one planned activity."""
     return Code(f"DOSE-{activity_gbq:g}GBQ-SD", PRIVATE_SCHEME,
-                f"Standard uncertainty of predicted 131I absorbed dose for {activity_gbq:g} GBq")
+                f"Standard uncertainty of predicted 131I dose for {activity_gbq:g} GBq")
 
 
 SUVBW = codes.DCM.Suvbw  # DCM 126401 "SUVbw"
