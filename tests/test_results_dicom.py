@@ -199,13 +199,13 @@ def test_sr_planar_point_on_the_suvmax_voxel_beside_each_volumetric_group(encode
         region = group.roi
         assert region.graphic_type.value == "POINT"
         (col, row), = region.value
-        k = result.pet_sop_uids.index(region.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        k = result.pet_sop_uids.index(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
         j, i = int(row - 0.5), int(col - 0.5)
         assert result.labels[k, j, i] == lesion.mask_label
         assert result.suv_volume.array[k, j, i] == pytest.approx(lesion.suv_max)
         values = {m.derivation.value: m.value for m in group.get_measurements()}
         assert values == pytest.approx({"56851009": lesion.suv_max, "126031": lesion.suv_peak})
-        comment = [i for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+        comment = [i for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
         assert comment[0].TextValue == next(d.SegmentLabel for d in seg.SegmentSequence if d.TrackingUID == uid)
     colours = {tuple(d.RecommendedDisplayCIELabValue) for d in seg.SegmentSequence}
     assert 2 <= len(colours) <= 4  # one colour per kind of focus (avid, non-avid, remnant, physiological)

@@ -24,7 +24,7 @@ import yaml
 
 from node.phantom import PhantomOptions, PhantomResult, generate_phantom
 from node.quant.study import QuantSettings, SeriesResult, quantify_files
-from tests.conftest import require_tool
+from tests.conftest import IN_CI, require_tool
 from tests.peers import NodeProcess, Orthanc, run_dcmtk, wait_for
 
 pytestmark = pytest.mark.peer
@@ -51,7 +51,7 @@ def node_script(script: str, *args: str, timeout: float = 600) -> Any:
     node = require_tool("node")
     if not (VIEWER_DIR / "node_modules" / "dcmjs").is_dir():
         message = "tests/viewer/node_modules missing: run `make viewer` (npm ci)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+        pytest.fail(message) if IN_CI else pytest.skip(message)
     out = subprocess.run([node, str(VIEWER_DIR / script), *args], capture_output=True, text=True, timeout=timeout,
                          cwd=VIEWER_DIR, check=False)
     if out.returncode != 0:
@@ -82,11 +82,14 @@ def delivered(tmp_path_factory: pytest.TempPathFactory):
         assert node.storescu(phantom.files).returncode == 0
         uid = phantom.truth["study_instance_uid"]
 
-        def results_in_orthanc() -> bool:
-            classes = {i["SOPClassUID"] for i in orthanc.study_instances(uid)}
-            return {SEG, SR_3D, SC} <= classes
+        def results_in_orthanc() -> bool:  # one query per result series (Modality is indexed by Orthanc)
+            return all(orthanc.post("/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": uid,
+                                                                                  "Modality": modality}})
+                       for modality in ("SEG", "SR", "OT"))
 
-        wait_for(results_in_orthanc, 180, "SEG, SR and SC delivered to Orthanc")
+        wait_for(results_in_orthanc, 180, "SEG, SR and SC delivered to Orthanc", interval=0.5)
+        delivered_classes = {i["SOPClassUID"] for i in orthanc.study_instances(uid)}
+        assert {SEG, SR_3D, SC} <= delivered_classes
         results = node.root / "results" / uid
         yield Delivered(phantom, orthanc, results, json.loads((results / "results.json").read_text()), uid)
     finally:
@@ -223,7 +226,7 @@ def test_ohif_shows_segments_measurements_and_summary(delivered: Delivered, tmp_
     require_tool("chromium")
     if not (OHIF_DIST / "index.html").is_file():
         message = "OHIF build missing: run `make viewer`"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+        pytest.fail(message) if IN_CI else pytest.skip(message)
     lesions = delivered.doc["lesions"]
     segments = pydicom.dcmread(delivered.results / "seg.dcm", stop_before_pixels=True).SegmentSequence
     labels = [s.SegmentLabel for s in sorted(segments, key=lambda s: s.SegmentNumber)]
