@@ -184,20 +184,21 @@ def test_affine_stage_after_rigid_keeps_lesions_within_3_mm(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_matching_over_ten_noisy_seeds() -> None:
-    """TSH pairs of ten noisy phantoms (shifted, rotated, uptake changed, independent noise per scan):
+def test_matching_over_five_noisy_seeds() -> None:
+    """TSH pairs of five noisy phantoms (shifted, rotated, uptake changed, independent noise per scan;
+    bench.matching runs more seeds and scenarios):
     >= 95 % of matched metastases matched to the right lesion; of unchanged lesions >= 10 mm >= 95 %
     called stable (the limits hold); of the generator's large changes (x1.5-2, x0.45-0.65) in lesions
     >= 20 mm >= 90 % called in their direction."""
     from bench.matching import score_seed
 
     totals = np.zeros(6, int)
-    for seed in range(1, 11):
+    for seed in range(1, 6):
         totals += score_seed(seed, 0.15)
     matches, correct, unchanged, called_stable, changed, called_right = (int(v) for v in totals)
-    assert matches >= 60 and correct / matches >= 0.95, (correct, matches)
-    assert unchanged >= 15 and called_stable / unchanged >= 0.95, (called_stable, unchanged)
-    assert changed >= 10 and called_right / changed >= 0.90, (called_right, changed)
+    assert matches >= 30 and correct / matches >= 0.95, (correct, matches)
+    assert unchanged >= 7 and called_stable / unchanged >= 0.95, (called_stable, unchanged)
+    assert changed >= 5 and called_right / changed >= 0.90, (called_right, changed)
 
 
 def test_lesion_in_one_scan_physiological_in_the_other_is_relabelled_not_lost() -> None:

@@ -75,7 +75,8 @@ def test_seg_reads_back_with_masks_and_tracking(encoded) -> None:
         assert desc.segment_label.startswith(("Lesion", "Remnant", "Physiological")) and str(lesion.id) in \
             desc.segment_label
         assert desc.algorithm_type.value == "AUTOMATIC"
-        assert desc.tracking_id == f"Lesion {lesion.id}"
+        suffix = " non-avid (CT)" if lesion.detection == "ct" else ""  # CT-found: the display text in every object
+        assert desc.tracking_id == f"Lesion {lesion.id}{suffix}"
         mask = seg.get_volume(segment_numbers=[lesion.id], combine_segments=False).array[..., 0]
         expected = (result.labels == lesion.mask_label)
         assert int(mask.sum()) == int(expected.sum()), lesion.id
@@ -148,7 +149,8 @@ def test_uids_are_deterministic_and_follow_settings(encoded, tmp_path: Path, pha
 
 @pytest.mark.peer
 def test_zero_lesions_gives_sr_and_sc_but_no_seg(encoded) -> None:
-    nothing = QuantSettings(detection=DetectionSettings(min_peak_suv=1000.0))
+    # No PET focus reaches the threshold and the CT nodule search is off: nothing to segment.
+    nothing = QuantSettings(detection=DetectionSettings(min_peak_suv=1000.0), ct_nodules=False)
     _, result, _, files, paths = encoded(settings=nothing, vendor="siemens")
     assert result.lesions == []
     assert "seg" not in files and {p.name for p in paths} == {"sr.dcm", "sc-1.dcm"}

@@ -127,7 +127,8 @@ def test_dcmqi_seg_gives_back_the_masks_on_the_pet_grid(delivered: Delivered, qu
     for lesion in quantified.lesions:
         attr = attributes[lesion.id]
         assert attr["SegmentLabel"].startswith(("Lesion", "Remnant", "Physiological"))
-        assert attr["TrackingIdentifier"] == f"Lesion {lesion.id}"
+        suffix = " non-avid (CT)" if lesion.detection == "ct" else ""  # CT-found: the display text everywhere
+        assert attr["TrackingIdentifier"] == f"Lesion {lesion.id}{suffix}"
         assert attr["recommendedDisplayRGBValue"] != [128, 174, 128]  # our colour, not dcmqi's default
         image = sitk.ReadImage(str(tmp_path / f"{lesion.id}.nrrd"))
         # Same geometry as the PET series: spacing, orientation, and an origin on the PET grid.
