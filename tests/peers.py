@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -29,7 +30,21 @@ from tests.conftest import require_peer_marker, require_tool
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+_PORTS = random.Random(os.getpid())
+
+
 def free_port() -> int:
+    """A loopback port free now, taken below Linux's ephemeral range (32768-60999): a port the kernel
+    hands out for port 0 is also what outgoing connections use, so a server started a moment later
+    could find it taken ("Address already in use")."""
+    for _ in range(200):
+        port = _PORTS.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -83,7 +98,8 @@ class NodeProcess:
         self.log_path = workdir / "node.log"
         self._log_offset = 0
 
-    def start(self, timeout: float = 30) -> NodeProcess:
+    def start(self, timeout: float = 30, may_exit: bool = False) -> NodeProcess:
+        """Start and wait until it listens; may_exit: the test makes it die early (a crash hook)."""
         require_peer_marker("a node process")
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
@@ -92,7 +108,7 @@ class NodeProcess:
                                      start_new_session=True)
         log.close()
         wait_for(lambda: "listening on" in self.log() or self.proc.poll() is not None, timeout, "the node to listen")
-        if self.proc.poll() is not None:
+        if self.proc.poll() is not None and not may_exit:
             raise AssertionError(f"node exited at start:\n{self.log()}")
         return self
 

@@ -212,7 +212,7 @@ def test_crash_during_retention_never_resurrects(point: str, processed: bool, st
     uid = study.truth["study_instance_uid"]
     n2 = make_node(nodes, tmp_path / "node", receiver, env={CRASH_ENV: point}, ingest=quiet,
                    storage={"min_free_gb": 0, "retention": {"inputs_days": 1e-5}})
-    n2.start()  # retention runs at once and kills the node at the point
+    n2.start(may_exit=True)  # retention runs at once and kills the node at the point
     assert n2.proc is not None
     wait_for(lambda: n2.proc.poll() is not None, 60, f"the node to die at {point}")
     assert n2.db("SELECT state FROM studies WHERE study_uid=?", (uid,))[0]["state"] == "deleting"
