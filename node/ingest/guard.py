@@ -235,12 +235,7 @@ class GuardedHandler(RequestHandler):
 
     @staticmethod
     def _close(sock: socket.socket, abort: int | None) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            if abort is not None:
-                sock.settimeout(1.0)
-                sock.sendall(a_abort(abort))
-        with contextlib.suppress(OSError, ValueError):
-            sock.shutdown(socket.SHUT_RDWR)
+        _abort_and_shutdown(sock, abort)
         with contextlib.suppress(OSError, ValueError):
             sock.close()
 
@@ -377,12 +372,7 @@ class GuardedSocket(AssociationSocket):
         quiet.on = True  # what pynetdicom logs about this connection from now on is noise
         sock = self.socket
         if sock is not None:
-            with contextlib.suppress(OSError, ValueError):
-                if abort is not None:
-                    sock.settimeout(1.0)
-                    sock.sendall(a_abort(abort))
-            with contextlib.suppress(OSError, ValueError):
-                sock.shutdown(socket.SHUT_RDWR)
+            _abort_and_shutdown(sock, abort)
         return bytearray()
 
 
@@ -398,3 +388,14 @@ def _command_field(command: bytes) -> int | None:
             return None
         pos += 8 + length
     return None
+
+
+def _abort_and_shutdown(sock: socket.socket, abort: int | None) -> None:
+    """Send an A-ABORT (when a reason is given) with a short deadline, then end both directions:
+    a peer that stopped reading must not hold the thread that refuses it."""
+    with contextlib.suppress(OSError, ValueError):
+        if abort is not None:
+            sock.settimeout(1.0)
+            sock.sendall(a_abort(abort))
+    with contextlib.suppress(OSError, ValueError):
+        sock.shutdown(socket.SHUT_RDWR)
