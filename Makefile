@@ -4,8 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/node.yaml
 # Debian packages of the real peers used by the tests: dcmtk plays the scanner, Orthanc the PACS,
-# dicom3tools (dciodvfy) validates every object the node writes.
-PEERS  := dcmtk orthanc orthanc-dicomweb dicom3tools
+# dicom3tools (dciodvfy) validates every object the node writes; postgresql is the shared index of several nodes.
+PEERS  := dcmtk orthanc orthanc-dicomweb dicom3tools postgresql
 
 .PHONY: test test-fast run venv peers lint bench-ingest clean viewer test-viewers
 

@@ -113,3 +113,20 @@ def peers(tmp_path: Path):
     yield orthanc, node
     for p in started:
         p.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session (tests/pg.py); tests marked peer."""
+    from tests.pg import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(pg_server) -> str:
+    """DSN of a fresh, empty database on the session's PostgreSQL server."""
+    from tests.pg import create_database
+
+    return create_database(pg_server)
