@@ -1,0 +1,186 @@
+"""The job queue in SQLite (node.store.base.JobStore), with leases and the outbox commit of a job."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from node.store.base import LEASE_S, PublishStep
+from node.store.records import Delivery, Job, LeaseLost
+from node.store.sqlite.db import Db
+from node.store.states import DeliveryState, JobState, StudyState
+
+
+def job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"], kind=row["kind"], study_uid=row["study_uid"], state=JobState(row["state"]),
+        attempts=row["attempts"], created_at=row["created_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], error=row["error"], payload=json.loads(row["payload"] or "{}"),
+        result=json.loads(row["result"]) if row["result"] else None,
+        warnings=json.loads(row["warnings"] or "[]"), superseded_by=row["superseded_by"],
+        lease_owner=row["lease_owner"], lease_expires_at=row["lease_expires_at"],
+    )
+
+
+def _end_superseded(c: sqlite3.Connection, job_id: int, superseded_by: int | None, now: float) -> None:
+    c.execute("UPDATE jobs SET state=?, finished_at=?, error=?, lease_owner=NULL, lease_expires_at=NULL WHERE id=?",
+              (JobState.SUPERSEDED, now, f"superseded by job {superseded_by} while it ran; its results were not "
+                                         "published", job_id))
+
+
+def _insert_deliveries(c: sqlite3.Connection, job_id: int, study_uid: str, deliveries: Sequence[Delivery],
+                       now: float) -> None:
+    if not deliveries:
+        return
+    # Earlier results of the study not yet delivered (this job's earlier attempt too): never sent now.
+    c.execute("UPDATE outbox SET state=?, last_error=?, lease_owner=NULL, lease_expires_at=NULL"
+              " WHERE study_uid=? AND state IN (?,?)",
+              (DeliveryState.SUPERSEDED, f"superseded by the results of job {job_id}", study_uid,
+               DeliveryState.PENDING, DeliveryState.DEAD))
+    for d in map(lambda t: Delivery(*t), deliveries):
+        c.execute(
+            "INSERT INTO outbox (job_id, study_uid, destination, kind, path, sop_instance_uid, sop_class_uid,"
+            " state, attempts, next_attempt_at, created_at, sha256) VALUES (?,?,?,?,?,?,?,?,0,?,?,?)"
+            " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET job_id=excluded.job_id,"
+            " path=excluded.path, sha256=excluded.sha256,"
+            " state=CASE WHEN outbox.state=? THEN outbox.state ELSE excluded.state END,"
+            " attempts=0, next_attempt_at=excluded.next_attempt_at, created_at=excluded.created_at,"
+            " last_error=NULL, lease_owner=NULL, lease_expires_at=NULL",
+            (job_id, study_uid, d.destination, d.kind, d.path, d.sop_instance_uid, d.sop_class_uid,
+             DeliveryState.PENDING, now, now, d.sha256, DeliveryState.DELIVERED))
+
+
+class SqliteJobs:
+    def __init__(self, db: Db) -> None:
+        self._db = db
+
+    def queue(self, kind: str, study_uid: str, payload: dict[str, Any], warnings: Sequence[str],
+              expect_last_received: float) -> int | None:
+        now = time.time()
+        with self._db.write() as c:
+            row = c.execute("SELECT state, last_received FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+            if row is None or row["state"] != StudyState.RECEIVING or row["last_received"] != expect_last_received:
+                return None
+            # Supersede first: at most one live job per study (a unique index holds it).
+            c.execute("UPDATE jobs SET state=?, finished_at=?, error=?, superseded_by=-1 WHERE study_uid=? AND state=?"
+                      " AND superseded_by IS NULL", (JobState.SUPERSEDED, now, "a newer job of the study replaced it",
+                                                     study_uid, JobState.PENDING))
+            c.execute("UPDATE jobs SET superseded_by=-1 WHERE study_uid=? AND superseded_by IS NULL"
+                      " AND state IN (?,?,?)", (study_uid, JobState.DONE, JobState.FAILED, JobState.RUNNING))
+            cur = c.execute(
+                "INSERT INTO jobs (kind, study_uid, state, created_at, payload, warnings) VALUES (?,?,?,?,?,?)",
+                (kind, study_uid, JobState.PENDING, now, json.dumps(payload), json.dumps(list(warnings))),
+            )
+            job_id = int(cur.lastrowid or 0)
+            c.execute("UPDATE jobs SET superseded_by=? WHERE study_uid=? AND superseded_by=-1", (job_id, study_uid))
+            c.execute("UPDATE studies SET state=?, note=NULL WHERE study_uid=?", (StudyState.QUEUED, study_uid))
+        return job_id
+
+    def claim(self, node_id: str, lease_s: float = LEASE_S, now: float | None = None) -> Job | None:
+        now = time.time() if now is None else now
+        with self._db.write() as c:
+            # A dead node's job that a newer job replaced meanwhile is not worth taking over.
+            c.execute("UPDATE jobs SET state=?, finished_at=?, error=?, lease_owner=NULL, lease_expires_at=NULL"
+                      " WHERE state=? AND lease_expires_at<? AND lease_owner<>? AND superseded_by IS NOT NULL",
+                      (JobState.SUPERSEDED, now, "its node stopped renewing the lease after a newer job replaced it",
+                       JobState.RUNNING, now, node_id))
+            row = c.execute("SELECT id FROM jobs WHERE state=? OR (state=? AND lease_expires_at<? AND lease_owner<>?)"
+                            " ORDER BY id LIMIT 1", (JobState.PENDING, JobState.RUNNING, now, node_id)).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE jobs SET state=?, attempts=attempts+1, started_at=?, finished_at=NULL, error=NULL,"
+                      " lease_owner=?, lease_expires_at=? WHERE id=?",
+                      (JobState.RUNNING, now, node_id, now + lease_s, row["id"]))
+            return job_from_row(c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+
+    def renew(self, job_id: int, node_id: str, lease_s: float = LEASE_S, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self._db.write() as c:
+            return c.execute("UPDATE jobs SET lease_expires_at=? WHERE id=? AND state=? AND lease_owner=?",
+                             (now + lease_s, job_id, JobState.RUNNING, node_id)).rowcount == 1
+
+    def release(self, job_id: int, node_id: str) -> bool:
+        with self._db.write() as c:
+            return c.execute(
+                "UPDATE jobs SET state=CASE WHEN superseded_by IS NULL THEN ? ELSE ? END, started_at=NULL,"
+                " lease_owner=NULL, lease_expires_at=NULL WHERE id=? AND state=? AND lease_owner=?",
+                (JobState.PENDING, JobState.SUPERSEDED, job_id, JobState.RUNNING, node_id)).rowcount == 1
+
+    def publish_results(self, job_id: int, publish: PublishStep, node_id: str | None = None,
+                        on_committed: Callable[[], None] | None = None) -> bool:
+        now = time.time()
+        with self._db.lock:  # held until on_committed returned
+            with self._db.write() as c:
+                row = c.execute("SELECT study_uid, superseded_by, state, lease_owner FROM jobs WHERE id=?",
+                                (job_id,)).fetchone()
+                if row is None:
+                    raise KeyError(f"no job with id {job_id}")
+                if row["superseded_by"] is not None or row["state"] == JobState.SUPERSEDED:
+                    _end_superseded(c, job_id, row["superseded_by"], now)
+                    return False
+                if node_id is not None and row["lease_owner"] not in (None, node_id):
+                    raise LeaseLost(f"job {job_id} is held by node {row['lease_owner']} now, not {node_id}")
+                result, deliveries = publish()
+                c.execute("UPDATE jobs SET state=?, finished_at=?, result=?, error=NULL, lease_owner=NULL,"
+                          " lease_expires_at=NULL WHERE id=?", (JobState.DONE, now, json.dumps(result), job_id))
+                _insert_deliveries(c, job_id, row["study_uid"], deliveries, now)
+            if on_committed is not None:
+                on_committed()
+        return True
+
+    def fail(self, job_id: int, error: str, node_id: str | None = None) -> bool:
+        now = time.time()
+        with self._db.write() as c:
+            row = c.execute("SELECT superseded_by, state, lease_owner FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no job with id {job_id}")
+            if node_id is not None and row["lease_owner"] not in (None, node_id):
+                return False
+            if row["superseded_by"] is not None or row["state"] == JobState.SUPERSEDED:
+                _end_superseded(c, job_id, row["superseded_by"], now)
+            else:
+                c.execute("UPDATE jobs SET state=?, finished_at=?, result=NULL, error=?, lease_owner=NULL,"
+                          " lease_expires_at=NULL WHERE id=?", (JobState.FAILED, now, error, job_id))
+        return True
+
+    def retry(self, job_id: int) -> Job:
+        with self._db.write() as c:
+            row = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no job with id {job_id}")
+            if row["state"] in (JobState.PENDING, JobState.RUNNING):
+                raise ValueError(f"job {job_id} is {row['state']}; only failed or done jobs can be retried")
+            if row["superseded_by"] is not None:
+                raise ValueError(f"job {job_id} was superseded by job {row['superseded_by']}; retry that one")
+            if row["state"] == JobState.SUPERSEDED:
+                raise ValueError(f"job {job_id} was superseded: new instances of its study arrived")
+            c.execute("UPDATE jobs SET state=?, error=NULL, finished_at=NULL, lease_owner=NULL, lease_expires_at=NULL"
+                      " WHERE id=?", (JobState.PENDING, job_id))
+            return job_from_row(c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+
+    def recover_after_restart(self, node_id: str) -> int:
+        # One node per SQLite index: every running job was this node's, whatever id it ran under.
+        with self._db.write() as c:
+            c.execute("UPDATE jobs SET state=?, finished_at=?, error=?, lease_owner=NULL, lease_expires_at=NULL"
+                      " WHERE state=? AND superseded_by IS NOT NULL",
+                      (JobState.SUPERSEDED, time.time(), "interrupted by a node restart after a newer job replaced it",
+                       JobState.RUNNING))
+            return c.execute("UPDATE jobs SET state=?, error=?, lease_owner=NULL, lease_expires_at=NULL WHERE state=?",
+                             (JobState.PENDING, "interrupted by a node restart; queued again",
+                              JobState.RUNNING)).rowcount
+
+    def get(self, job_id: int) -> Job | None:
+        row = self._db.row("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return None if row is None else job_from_row(row)
+
+    def recent(self, limit: int = 100) -> list[Job]:
+        return [job_from_row(r) for r in self._db.rows("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def counts(self) -> dict[JobState, int]:
+        out = dict.fromkeys(JobState, 0)
+        for r in self._db.rows("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            out[JobState(r[0])] = r[1]
+        return out
