@@ -89,8 +89,8 @@ def test_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
         "node.ae_titel: unknown key; expected one of: ae_title, bind, port, tls, max_associations, limits"
     ]
     assert problems(tmp_path, "nodes: {}\n") == [
-        "nodes: unknown key; expected one of: node, storage, ingest, processing, quantification, comparison, export, "
-        "http, logging, destinations"
+        "nodes: unknown key; expected one of: node, storage, index, ingest, processing, quantification, comparison, "
+        "export, http, logging, destinations"
     ]
 
 
@@ -156,3 +156,30 @@ def test_cli_uses_config_option_and_env(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv(ENV_CONFIG, str(path))
     assert main(["check-config"]) == 0
     assert "port: 4321" in capsys.readouterr().out
+
+
+def test_index_section_takes_one_dsn_source_and_never_prints_the_password(tmp_path, monkeypatch) -> None:
+    from node.config import dump_config, parse_config
+
+    assert parse_config({}).index.backend == "sqlite"
+    config = parse_config({"index": {"backend": "postgresql", "dsn": "postgresql://iodine:s3cret-pw@db/iodine"}})
+    assert config.index.resolve_dsn() == "postgresql://iodine:s3cret-pw@db/iodine"
+    assert "s3cret-pw" not in dump_config(config) and "s3cret-pw" not in repr(config)
+    monkeypatch.setenv("IODINE_TEST_DSN", "postgresql://iodine:env-pw@db/iodine")
+    assert parse_config({"index": {"backend": "postgresql", "dsn_env": "IODINE_TEST_DSN"}}).index.resolve_dsn() \
+        == "postgresql://iodine:env-pw@db/iodine"
+    secret = tmp_path / "dsn"
+    secret.write_text("postgresql://iodine:file-pw@db/iodine\n")
+    assert parse_config({"index": {"backend": "postgresql", "dsn_file": str(secret)}}).index.resolve_dsn() \
+        == "postgresql://iodine:file-pw@db/iodine"
+    missing = parse_config({"index": {"backend": "postgresql", "dsn_env": "IODINE_TEST_UNSET_DSN"}})
+    with pytest.raises(ValueError, match="IODINE_TEST_UNSET_DSN is not set"):
+        missing.index.resolve_dsn()
+    for bad, expected in (({"backend": "postgresql"}, "needs exactly one of dsn, dsn_env, dsn_file"),
+                          ({"backend": "postgresql", "dsn": "postgresql://u:pw-in-error@h/d", "dsn_env": "X"},
+                           "(given: dsn, dsn_env)"),
+                          ({"dsn": "postgresql://u:pw@h/d"}, "backend sqlite takes no dsn")):
+        with pytest.raises(ConfigError) as info:
+            parse_config({"index": bad})
+        assert len(info.value.problems) == 1 and expected in info.value.problems[0]
+        assert "pw-in-error" not in info.value.problems[0]

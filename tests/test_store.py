@@ -29,28 +29,33 @@ PET_IMAGE = "1.2.840.10008.5.1.4.1.1.128"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-def open_backend(backend: str, tmp_path: Path, node_id: str, read_only: bool = False) -> Store:
-    if backend == "sqlite":
-        return open_store(tmp_path, node_id=node_id, read_only=read_only)
-    raise AssertionError(f"unknown backend {backend}")
+def open_backend(target: Path | str, node_id: str, read_only: bool = False) -> Store:
+    return open_store(target, node_id=node_id, read_only=read_only)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.peer)])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
-def store(backend: str, tmp_path: Path) -> Iterator[Store]:
-    s = open_backend(backend, tmp_path, "node-a")
+def index_target(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Path | str:
+    """What open_store opens: a storage root (SQLite) or the DSN of a fresh database on a real
+    PostgreSQL server (tests/pg.py)."""
+    return tmp_path if backend == "sqlite" else request.getfixturevalue("pg_dsn")
+
+
+@pytest.fixture
+def store(index_target: Path | str) -> Iterator[Store]:
+    s = open_backend(index_target, "node-a")
     yield s
     s.close()
 
 
 @pytest.fixture
-def second_node(backend: str, tmp_path: Path) -> Iterator[Store]:
+def second_node(index_target: Path | str) -> Iterator[Store]:
     """Another node on the same index (for SQLite: another connection to the same file)."""
-    s = open_backend(backend, tmp_path, "node-b")
+    s = open_backend(index_target, "node-b")
     yield s
     s.close()
 
@@ -289,9 +294,9 @@ def test_set_study_state_only_when_unchanged(store: Store) -> None:
     assert store.studies.study_info("1.2.3").note == "no PET"  # type: ignore[union-attr]
 
 
-def test_a_worker_reads_through_a_read_only_store(store: Store, tmp_path: Path, backend: str) -> None:
+def test_a_worker_reads_through_a_read_only_store(store: Store, index_target: Path | str) -> None:
     arrive(store, "1.2.3", "1.2.3.1.1", image_index=1)
-    ro = open_backend(backend, tmp_path, "worker", read_only=True)
+    ro = open_backend(index_target, "worker", read_only=True)
     try:
         assert ro.studies.series_paths("1.2.3.1") == ["studies/1.2.3/1.2.3.1/1.2.3.1.1.dcm"]
         with pytest.raises(Exception, match=r"(?i)read.?only"):

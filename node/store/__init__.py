@@ -37,9 +37,21 @@ def default_node_id() -> str:
 
 
 def open_store(target: Any, *, node_id: str | None = None, read_only: bool = False) -> Store:
-    """The index the configuration names. `target`: a NodeConfig (storage.root; the index section
-    chooses the backend once issue 18 adds it) or a storage root (the embedded SQLite index in it).
+    """The index the configuration names. `target`: a NodeConfig (its `index` section chooses the
+    backend: SQLite under storage.root, or PostgreSQL), a storage root (the embedded SQLite index in
+    it) or a PostgreSQL DSN (postgresql://...).
     read_only: a worker process that only reads (no migration, no writes)."""
+    if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
+        from node.store.postgres import PostgresStore
+
+        return PostgresStore(target, node_id=node_id or default_node_id(), read_only=read_only)
+    index = getattr(target, "index", None)
+    if index is not None and index.backend == "postgresql":
+        from node.store.postgres import PostgresStore
+
+        # Several nodes may share one host: the DICOM port tells them apart by default.
+        return PostgresStore(index.resolve_dsn(), node_id=node_id or index.node_id
+                             or f"{default_node_id()}:{target.node.port}", read_only=read_only)
     from node.store.sqlite import SqliteStore
 
     root = Path(target) if isinstance(target, str | Path) else Path(target.storage.root)

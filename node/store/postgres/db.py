@@ -1,0 +1,93 @@
+"""One PostgreSQL connection per node process, shared by its three stores, and its transactions.
+
+Every method of a store is one transaction (READ COMMITTED; row locks, SKIP LOCKED claims and
+advisory locks make the read-check-write methods safe between nodes). A connection the server or
+the network dropped is replaced at the next transaction; the transaction that saw it break raises
+(psycopg.OperationalError) and changed nothing.
+
+Lease times come from the database server's clock (`NOW_SQL`) unless a test passes `now`: the nodes
+of a shared index then agree on when a lease expires, whatever their own clocks say.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from node.store.postgres.schema import migrate
+
+# The time of a statement: the caller's `now` parameter (tests), else the server's clock.
+NOW_SQL = "COALESCE(%(now)s::double precision, extract(epoch from clock_timestamp()))"
+
+
+def redact(dsn: str) -> str:
+    """A DSN fit for logs and messages: user, host, port and database, never the password."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable DSN)"
+    user = f"{info['user']}@" if info.get("user") else ""
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
+
+
+class Db:
+    """The connection and this process's lock (one thread at a time uses the connection)."""
+
+    def __init__(self, dsn: str, read_only: bool = False, connect_timeout_s: int = 10) -> None:
+        self._dsn = dsn
+        self.location = redact(dsn)
+        self.read_only = read_only
+        self._connect_timeout_s = connect_timeout_s
+        self.lock = threading.RLock()
+        self.conn = self._connect()
+        if not read_only:
+            migrate(self.conn)
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        try:
+            # autocommit: every transaction is an explicit `with conn.transaction()` block; no
+            # statement leaves a transaction open behind it.
+            conn = psycopg.connect(self._dsn, row_factory=dict_row, connect_timeout=self._connect_timeout_s,
+                                   autocommit=True, application_name="iodine-node")
+        except psycopg.OperationalError as exc:
+            # psycopg's message holds no password; the DSN is named by its redacted form only.
+            raise psycopg.OperationalError(f"cannot connect to the index {self.location}: {exc}") from None
+        if self.read_only:
+            conn.read_only = True
+        return conn
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    @contextmanager
+    def write(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """One transaction under this process's lock: COMMIT at the end, ROLLBACK on any exception.
+        PostgreSQL's commit is durable (synchronous_commit=on, the default) before it returns."""
+        with self.lock:
+            if self.conn.closed or self.conn.broken:
+                self.conn = self._connect()
+            with self.conn.transaction():
+                yield self.conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """A read-only REPEATABLE READ transaction: several SELECTs see one consistent state."""
+        with self.write() as c:
+            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield c
+
+    def rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        with self.write() as c:
+            return c.execute(sql, params).fetchall()
+
+    def row(self, sql: str, params: Any = None) -> dict[str, Any] | None:
+        with self.write() as c:
+            return c.execute(sql, params).fetchone()
