@@ -174,6 +174,8 @@ def _cmd_process(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     settings = settings_from_config(config.quantification)
+    if args.workers is not None or args.scheduler is not None:
+        return _process_batch(args, settings)
     studies, skipped = group_by_study(_dicom_files(Path(args.input_dir)))
     for line in skipped:
         print(f"skipped (not DICOM): {line}", file=sys.stderr)
@@ -208,6 +210,49 @@ def _cmd_process(args: argparse.Namespace) -> int:
         for path in written:
             print(f"  wrote {path}")
     return 1 if failed else 0
+
+
+def _process_batch(args: argparse.Namespace, settings: object) -> int:
+    """`process` on Dask (node.batch): one study per task, a progress line, resume, failures listed."""
+    from node.batch import plan_batch, progress_line, run_batch, summary_lines
+
+    if args.workers is not None and args.scheduler is not None:
+        print("iodine-node process: give --workers or --scheduler, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if args.workers is not None and args.workers < 1:
+        print("iodine-node process: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    plan = plan_batch(args.input_dir, args.output, resume=not args.force)
+    for line in plan.not_dicom:
+        print(f"skipped (not DICOM): {line}", file=sys.stderr)
+    for uid, reason in plan.invalid:
+        print(f"study {uid!r}: not processed: {reason}", file=sys.stderr)
+    if plan.done:
+        print(f"{len(plan.done)} study(ies) already have results in {args.output}: skipped (--force redoes them)")
+    total = len(plan.tasks)
+    if not plan.tasks:
+        print("nothing to process" if plan.done else f"iodine-node process: no DICOM studies under {args.input_dir}",
+              file=sys.stderr if not plan.done else sys.stdout)
+        return 1 if plan.invalid or not plan.done else 0
+    tty = sys.stderr.isatty()
+
+    def progress(outcome, done: int, failed: int, elapsed_s: float) -> None:
+        if not outcome.ok:
+            print(("\n" if tty else "") + f"study {outcome.study_uid}: FAILED: {outcome.reason}", file=sys.stderr)
+        print(("\r" if tty else "") + progress_line(done, total, failed, elapsed_s), end="" if tty else "\n",
+              file=sys.stderr, flush=True)
+
+    where = f"scheduler {args.scheduler}" if args.scheduler else f"{args.workers} local Dask worker(s)"
+    print(f"processing {total} study(ies) on {where}", file=sys.stderr)
+    outcomes = run_batch(plan.tasks, settings, args.output, workers=args.workers, scheduler=args.scheduler,
+                         on_outcome=progress)
+    if tty:
+        print(file=sys.stderr)
+    for line in summary_lines(outcomes):
+        print(line)
+    bad = sum(1 for o in outcomes if not o.ok)
+    print(f"{total - bad} processed, {bad + len(plan.invalid)} failed, {len(plan.done)} skipped (had results)")
+    return 1 if bad or plan.invalid else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -304,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("process", "quantify every study under INPUT_DIR offline (results.json, lesions.csv)")
     p.add_argument("input_dir", type=Path)
     p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=None,
+                   help="process the studies in parallel on a local Dask cluster of N worker processes; "
+                        "studies with results already are skipped (resume)")
+    p.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+                   help="run on an existing Dask cluster (its workers see INPUT_DIR and --output at the same paths)")
+    p.add_argument("--force", action="store_true", help="with --workers/--scheduler: redo studies that have results")
     p.set_defaults(func=_cmd_process)
 
     p = command("demo", "run a node, push a synthetic study to it, show the results (no PACS needed)")

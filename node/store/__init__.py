@@ -45,7 +45,7 @@ def open_store(target: Any, *, node_id: str | None = None, read_only: bool = Fal
         from node.store.postgres import PostgresStore
 
         return PostgresStore(target, node_id=node_id or default_node_id(), read_only=read_only)
-    index = getattr(target, "index", None)
+    index = None if isinstance(target, str | Path) else getattr(target, "index", None)
     if index is not None and index.backend == "postgresql":
         from node.store.postgres import PostgresStore
 
