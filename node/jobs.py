@@ -91,10 +91,16 @@ class JobRunner:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop claiming; jobs still running go back to the queue at once (not after their lease)."""
         self._stop.set()
         self._thread.join(timeout=10)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self._thread.is_alive():
+            for job in self._running.values():
+                if self.store.jobs.release(job.id, self.store.node_id):
+                    log.info("job %d given back to the queue: the node is stopping", job.id)
+            self._running.clear()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: the listener's threads and sockets are not forked into workers.
