@@ -52,12 +52,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
-    from node.index import Index
+    from node.store import DeliveryState, JobState, open_store
 
     config = _load(args)
     if config is None:
         return EXIT_USAGE
-    index = Index(Path(config.storage.root).resolve())
+    store = open_store(config)
     try:
         if args.action == "retry":
             if args.job_id is None:
@@ -68,20 +68,20 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
             audit = config.logging.audit_file
             audit_path = audit if audit.is_absolute() else Path(config.storage.root).resolve() / audit
             append_event(audit_path, "job-retried", job=args.job_id, by="iodine-node jobs retry")
-            existing = index.job(args.job_id)
-            if existing is not None and existing.state == "done":
-                resent = index.resend_dead(args.job_id)
+            existing = store.jobs.get(args.job_id)
+            if existing is not None and existing.state == JobState.DONE:
+                resent = store.outbox.resend_dead(args.job_id)
                 if resent:
                     print(f"job {args.job_id}: {resent} dead-letter delivery(ies) queued again")
                     return 0
             try:
-                job = index.retry_job(args.job_id)
+                job = store.jobs.retry(args.job_id)
             except (KeyError, ValueError) as exc:
                 print(f"iodine-node jobs retry: {exc.args[0]}", file=sys.stderr)
                 return 1
             print(f"job {job.id} queued again (attempts so far: {job.attempts})")
             return 0
-        jobs = index.jobs(limit=args.limit)
+        jobs = store.jobs.recent(limit=args.limit)
         print(f"{'id':>5}  {'kind':<9} {'state':<10} {'att':>3}  {'created':<19}  study / error")
         for j in jobs:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at))
@@ -92,18 +92,18 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
                 print(f"{'':>33}superseded by job {j.superseded_by}")
             per_dest: dict[str, dict[str, int]] = {}
             last_error: dict[str, str] = {}
-            for row in index.deliveries(j.id):
-                counts = per_dest.setdefault(row["destination"], {})
-                counts[row["state"]] = counts.get(row["state"], 0) + 1
-                if row["state"] != "delivered" and row["last_error"]:
-                    last_error[row["destination"]] = row["last_error"]
+            for row in store.outbox.rows(j.id):
+                counts = per_dest.setdefault(row.destination, {})
+                counts[row.state] = counts.get(row.state, 0) + 1
+                if row.state != DeliveryState.DELIVERED and row.last_error:
+                    last_error[row.destination] = row.last_error
             for dest, counts in per_dest.items():
                 states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
                 print(f"{'':>33}-> {dest}: {states}" + (f"; last error: {last_error[dest]}" if dest in last_error
                                                           else ""))
         return 0
     finally:
-        index.close()
+        store.close()
 
 
 def _dicom_files(root: Path) -> list[Path]:

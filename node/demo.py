@@ -25,6 +25,7 @@ from node.config import parse_config
 from node.ingest.listener import set_nodelay
 from node.phantom import PhantomOptions, generate_phantom
 from node.service import NodeService
+from node.store import DeliveryState, JobState
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,10 @@ def _wait_for_job(service: NodeService, count: int) -> Any:
     """The `count`-th finished job once its deliveries are out (or it failed), or None on timeout."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        jobs = sorted((j for j in service.index.jobs() if j.state in ("done", "failed")), key=lambda j: j.id)
-        pending = service.index.query("SELECT COUNT(*) FROM outbox WHERE state='pending'")[0][0]
-        if len(jobs) >= count and (jobs[count - 1].state == "failed" or not pending):
+        jobs = sorted((j for j in service.store.jobs.recent() if j.state in (JobState.DONE, JobState.FAILED)),
+                      key=lambda j: j.id)
+        pending = service.store.outbox.counts()[DeliveryState.PENDING]
+        if len(jobs) >= count and (jobs[count - 1].state == JobState.FAILED or not pending):
             return jobs[count - 1]
         time.sleep(0.3)
     return None
@@ -218,11 +220,11 @@ def _run(service: NodeService, port: int, study: Any, second: Any, root: Path, s
     print(f"    {stored} instances acknowledged")
     print("3/4 waiting for the study to complete and the quantify job to run")
     job = _wait_for_job(service, 1)
-    if second is not None and job is not None and job.state == "done":
+    if second is not None and job is not None and job.state == JobState.DONE:
         print(f"    then the same patient two weeks later (TSH 120): {len(second.files)} instances")
         push_files(second.files, "127.0.0.1", port, "IODINE_DEMO")
         job = _wait_for_job(service, 2)
-    if job is None or job.state != "done":
+    if job is None or job.state != JobState.DONE:
         print(f"iodine-node demo: the job did not finish: {job.error if job else 'timed out after 180 s'}",
               file=sys.stderr)
         return 1

@@ -1,5 +1,9 @@
 """Run queued jobs in a pool of worker processes, so a crash or memory blow-up in processing
-never takes down the listener. A job whose worker dies is marked failed with the reason."""
+never takes down the listener. A job whose worker dies is marked failed with the reason.
+
+Each claimed job is a lease of this node (store.node_id); the runner renews the leases of its
+running jobs every lease_s / 3, so a node that dies loses its jobs to another node of a shared
+index after lease_s, and a node that lost a lease (it stalled) never publishes that job."""
 
 from __future__ import annotations
 
@@ -19,11 +23,11 @@ from typing import Any
 from node import results_store
 from node.compare.study import ComparisonSettings
 from node.crashpoints import crash_point
-from node.index import DEAD, PENDING, Delivery, Index, Job
 from node.logs import current_setup, setup_logging
 from node.metrics import Metrics
 from node.pipeline import JobError, run_job
 from node.quant.study import QuantSettings
+from node.store import LEASE_S, Delivery, Job, LeaseLost, Store
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +62,13 @@ def _init_worker(max_memory_mb: int | None, log_level: int, log_format: str) -> 
 
 
 class JobRunner:
-    def __init__(self, index: Index, storage_root: Path, workers: int, settings: QuantSettings,
+    def __init__(self, store: Store, storage_root: Path, workers: int, settings: QuantSettings,
                  max_memory_mb: int | None = None, poll_s: float = 0.5,
                  destinations: Sequence[Any] = (), metrics: Metrics | None = None,
-                 comparison: ComparisonSettings | None = None) -> None:
-        self.index = index
+                 comparison: ComparisonSettings | None = None, lease_s: float = LEASE_S) -> None:
+        self.store = store
+        self.lease_s = lease_s
+        self._renewed_at = 0.0
         self.comparison = comparison
         self.metrics = metrics
         self.settings = settings
@@ -85,10 +91,16 @@ class JobRunner:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop claiming; jobs still running go back to the queue at once (not after their lease)."""
         self._stop.set()
         self._thread.join(timeout=10)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self._thread.is_alive():
+            for job in self._running.values():
+                if self.store.jobs.release(job.id, self.store.node_id):
+                    log.info("job %d given back to the queue: the node is stopping", job.id)
+            self._running.clear()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: the listener's threads and sockets are not forked into workers.
@@ -108,14 +120,26 @@ class JobRunner:
         while not self._stop.is_set():
             try:
                 self._collect()
+                self._heartbeat()
                 while len(self._running) < self.workers:
-                    job = self.index.claim_job()
+                    job = self.store.jobs.claim(self.store.node_id, self.lease_s)
                     if job is None:
                         break
                     self._submit(job)
             except Exception:
                 log.exception("job runner error")
             self._stop.wait(self.poll_s)
+
+    def _heartbeat(self) -> None:
+        """Renew the leases of the running jobs (every lease_s / 3); a lease lost is logged, and that
+        job's outcome will be refused (another node runs it now)."""
+        now = time.monotonic()
+        if now - self._renewed_at < self.lease_s / 3:
+            return
+        self._renewed_at = now
+        for job in self._running.values():
+            if not self.store.jobs.renew(job.id, self.store.node_id, self.lease_s):
+                log.warning("job %d: lease lost (another node took it over, or it ended)", job.id)
 
     def _submit(self, job: Job) -> None:
         if self._pool is None:
@@ -127,7 +151,8 @@ class JobRunner:
 
     def _finish(self, job: Job, result: dict[str, Any]) -> None:
         """Publish a finished job's staged results and queue them for delivery, unless a newer job
-        of the study superseded it meanwhile (Index.finish_job decides under the index lock)."""
+        of the study superseded it meanwhile or another node took it over (store.jobs.publish_results
+        decides in one transaction)."""
         staging = self.storage_root / result["staging"]
 
         def publish() -> tuple[dict[str, Any], list[Delivery]]:
@@ -137,18 +162,22 @@ class JobRunner:
             objects = [{**o, "path": str(rel / o["path"])} for o in result.get("objects", [])]
             final = {**{k: v for k, v in result.items() if k != "staging"}, "version_dir": str(rel),
                      "objects": objects, "files": [f"{result['results_dir']}/{f}" for f in result.get("files", [])]}
-            deliveries = [(d.name, o["kind"], o["path"], o["sop_instance_uid"], o["sop_class_uid"], o.get("sha256"))
-                          for o in objects for d in self.destinations if o["kind"] in d.send]
+            deliveries = [Delivery(d.name, o["kind"], o["path"], o["sop_instance_uid"], o["sop_class_uid"],
+                                   o.get("sha256")) for o in objects for d in self.destinations if o["kind"] in d.send]
             return final, deliveries
 
         try:
-            with self.index.lock:  # (the crash hook below fires before the sender can read the new rows)
-                published = self.index.finish_job(job.id, None, None, publish=publish)
-                if published:
-                    crash_point("outbox-committed")
+            # (the crash hook fires after the commit, before the sender can read the new rows)
+            published = self.store.jobs.publish_results(job.id, publish, self.store.node_id,
+                                                        on_committed=lambda: crash_point("outbox-committed"))
+        except LeaseLost as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            log.warning("job %d of study %s: results not published: %s", job.id, job.study_uid, exc)
+            return
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            self.index.finish_job(job.id, None, f"results could not be published: {type(exc).__name__}: {exc}")
+            self.store.jobs.fail(job.id, f"results could not be published: {type(exc).__name__}: {exc}",
+                                 self.store.node_id)
             raise
         if not published:
             shutil.rmtree(staging, ignore_errors=True)
@@ -156,10 +185,13 @@ class JobRunner:
                         job.id, job.study_uid)
             return
         # outputs/<study>/<version>/...: the versions an undelivered row still needs
-        needed = self.index.query("SELECT path FROM outbox WHERE study_uid=? AND state IN (?,?)",
-                                  (job.study_uid, PENDING, DEAD))
-        keep = {Path(r["path"]).parts[2] for r in needed if len(Path(r["path"]).parts) > 3}
+        needed = self.store.outbox.needed_paths(job.study_uid)
+        keep = {Path(p).parts[2] for p in needed if len(Path(p).parts) > 3}
         results_store.prune(self.storage_root, job.study_uid, keep)
+
+    def _fail(self, job: Job, error: str) -> None:
+        if not self.store.jobs.fail(job.id, error, self.store.node_id):
+            log.warning("job %d: its failure is not recorded: another node took the job over", job.id)
 
     def _collect(self) -> None:
         broken = False
@@ -170,17 +202,16 @@ class JobRunner:
                 result = future.result()
             except BrokenProcessPool:
                 broken = True
-                self.index.finish_job(job.id, None, "worker process died while running the job "
-                                                    "(killed, crashed or out of memory)")
+                self._fail(job, "worker process died while running the job (killed, crashed or out of memory)")
                 log.error("job %d failed: its worker process died", job.id)
             except JobError as exc:
-                self.index.finish_job(job.id, None, str(exc))
+                self._fail(job, str(exc))
                 log.error("job %d failed: %s", job.id, exc)
             except MemoryError:
-                self.index.finish_job(job.id, None, f"out of memory (processing.max_memory_mb={self.max_memory_mb})")
+                self._fail(job, f"out of memory (processing.max_memory_mb={self.max_memory_mb})")
                 log.error("job %d failed: out of memory", job.id)
             except Exception as exc:
-                self.index.finish_job(job.id, None, f"{type(exc).__name__}: {exc}")
+                self._fail(job, f"{type(exc).__name__}: {exc}")
                 log.exception("job %d failed", job.id)
             else:
                 self._finish(job, result)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,6 @@ from node.compare.study import ComparisonSettings, ScanView, ct_on_coarse_grid, 
 from node.crashpoints import crash_point
 from node.encode.identity import inputs_digest
 from node.encode.sc import PriorView
-from node.index import INDEX_FILE
 from node.quant.study import (
     QuantSettings,
     SeriesFiles,
@@ -39,6 +37,7 @@ from node.quant.study import (
 from node.quant.suv import SuvError
 from node.quant.volume import VolumeError
 from node.results_store import new_staging, publish, stage_outputs
+from node.store import Store, open_store
 from node.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -51,16 +50,14 @@ class JobError(Exception):
     """A job that cannot complete, with a reason a person can act on."""
 
 
-def _series_files(conn: sqlite3.Connection, root: Path, series_uid: str) -> list[Path]:
-    rows = conn.execute("SELECT path FROM instances WHERE series_uid=? ORDER BY image_index, instance_number, path",
-                        (series_uid,)).fetchall()
-    return [root / r[0] for r in rows]
+def _series_files(conn: Store, root: Path, series_uid: str) -> list[Path]:
+    return [root / p for p in conn.studies.series_paths(series_uid)]
 
 
-def _study_series(conn: sqlite3.Connection, root: Path, study_uid: str) -> dict[str, SeriesFiles]:
+def _study_series(conn: Store, root: Path, study_uid: str) -> dict[str, SeriesFiles]:
     """Every series of a study in the index, with its files (for a prior that has no results yet)."""
     out: dict[str, SeriesFiles] = {}
-    for (uid,) in conn.execute("SELECT series_uid FROM series WHERE study_uid=?", (study_uid,)).fetchall():
+    for uid in conn.studies.study_series(study_uid):
         files = [f for f in _series_files(conn, root, uid) if f.is_file()]
         if files:
             out[uid] = SeriesFiles(uid, pydicom.dcmread(files[0], stop_before_pixels=True), files)
@@ -148,21 +145,18 @@ def _priors_used(storage_root: Path, study_uid: str, docs: list[dict[str, Any]])
     return out
 
 
-def _earlier_studies(conn: sqlite3.Connection, study_uid: str) -> tuple[tuple[str, str] | None, list[str]]:
-    me = conn.execute("SELECT patient_id, issuer_of_patient_id FROM studies WHERE study_uid=?",
-                      (study_uid,)).fetchone()
-    if me is None or not me[0]:
+def _earlier_studies(conn: Store, study_uid: str) -> tuple[tuple[str, str] | None, list[str]]:
+    me = conn.studies.study_info(study_uid)
+    if me is None or not me.patient_id:
         return None, []
-    others = [r[0] for r in conn.execute(
-        "SELECT study_uid FROM studies WHERE patient_id=? AND COALESCE(issuer_of_patient_id,'')=? AND study_uid<>?",
-        (me[0], me[1] or "", study_uid))]
-    return (me[0], me[1] or ""), others
+    others = conn.studies.studies_of_patient(me.patient_id, me.issuer_of_patient_id, study_uid)
+    return (me.patient_id, me.issuer_of_patient_id), others
 
 
 @contextmanager
-def _index(storage_root: Path) -> Iterator[sqlite3.Connection]:
+def _index(storage_root: Path) -> Iterator[Store]:
     """The index, read-only (a worker never writes it; the service does)."""
-    conn = sqlite3.connect(f"file:{storage_root / INDEX_FILE}?mode=ro", uri=True, timeout=30)
+    conn = open_store(storage_root, read_only=True)
     try:
         yield conn
     finally:
@@ -180,7 +174,7 @@ def _study_day(study_date: str | None) -> datetime | None:
         return None
 
 
-def _prior_doc(storage_root: Path, conn: sqlite3.Connection, uid: str, quant: QuantSettings, reference: datetime,
+def _prior_doc(storage_root: Path, conn: Store, uid: str, quant: QuantSettings, reference: datetime,
                window_s: float) -> dict[str, Any] | None:
     """An earlier scan's results within the window: stored ones, or (a study retrieved from the PACS
     and not yet quantified) quantified now and stored for reuse."""
@@ -190,8 +184,8 @@ def _prior_doc(storage_root: Path, conn: sqlite3.Connection, uid: str, quant: Qu
     else:
         # Only quantify what can be in the window (StudyDate: a day's resolution). Without a
         # readable StudyDate the exact reference time decides after quantification, below.
-        row = conn.execute("SELECT study_date FROM studies WHERE study_uid=?", (uid,)).fetchone()
-        day = _study_day(row[0] if row else None)
+        info = conn.studies.study_info(uid)
+        day = _study_day(info.study_date if info else None)
         if day is not None and not _in_window(day, reference, window_s + 86400):
             return None
         series = _study_series(conn, storage_root, uid)
@@ -212,7 +206,7 @@ def _prior_doc(storage_root: Path, conn: sqlite3.Connection, uid: str, quant: Qu
     return doc if _in_window(datetime.fromisoformat(doc["reference_datetime"]), reference, window_s) else None
 
 
-def _scan_view(storage_root: Path, conn: sqlite3.Connection, doc: dict[str, Any], quant: QuantSettings,
+def _scan_view(storage_root: Path, conn: Store, doc: dict[str, Any], quant: QuantSettings,
                need_pet: bool) -> ScanView:
     """What registration needs of an earlier scan (CT on a coarse grid, or its SUV without CT), and its
     SUV at full resolution (local noise for change limits and dose uncertainty)."""

@@ -2,10 +2,11 @@
 
 Inputs of a study are deleted in three steps, so that no acknowledged instance is ever deleted and
 a crash never brings a deleted study back:
-1. under the index lock, re-check that nothing arrived since the study was chosen (last_received
-   still before the cut-off) and that no job or delivery is pending, and mark it `deleting` in a
-   durable commit. From then on the listener answers new instances of the study 0xA700 (retry
-   later) instead of storing them (Index.add_instance checks the state under the same lock);
+1. in one durable transaction (store.studies.claim_for_deletion), re-check that nothing arrived
+   since the study was chosen (last_received still before the cut-off) and that no job or delivery
+   is pending, and mark it `deleting`. From then on the listener answers new instances of the study
+   0xA700 (retry later) instead of storing them (studies.add_instance checks the state in its own
+   transaction, so one of the two always sees the other);
 2. delete the files (each unlink, then the folders, each fsynced);
 3. delete the rows and mark the study `deleted`.
 A crash after 1 or 2 leaves the study `deleting`: start-up completes the deletion before start-up
@@ -18,15 +19,14 @@ import contextlib
 import logging
 import os
 import shutil
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from node import results_store
 from node.crashpoints import crash_point
-from node.index import DELETED, DELETING, PENDING, RUNNING, Index
 from node.ingest.spool import fsync_dir
+from node.store import Store, StudyState
 from node.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -40,22 +40,13 @@ class RetentionReport:
     kept_busy: int
 
 
-def _busy(c: sqlite3.Connection, study_uid: str) -> bool:
-    """Pending or running job, or an undelivered result: keep everything of the study."""
-    if c.execute("SELECT 1 FROM jobs WHERE study_uid=? AND state IN (?,?)", (study_uid, PENDING, RUNNING)).fetchone():
-        return True
-    return bool(c.execute("SELECT 1 FROM outbox WHERE study_uid=? AND state=?", (study_uid, PENDING)).fetchone())
+CLAIM_NOTE = "inputs being deleted by storage.retention.inputs_days"
+DELETED_NOTE = "inputs deleted by storage.retention.inputs_days"
 
 
-def _claim(index: Index, study_uid: str, cutoff: float) -> list[str] | None:
+def _claim(store: Store, study_uid: str, cutoff: float) -> list[str] | None:
     """Step 1: the study's instance paths, or None when it is busy or received something meanwhile."""
-    with index.transaction(durable=True) as c:
-        row = c.execute("SELECT last_received, state FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
-        if row is None or row["last_received"] >= cutoff or row["state"] == DELETED or _busy(c, study_uid):
-            return None
-        c.execute("UPDATE studies SET state=?, note=? WHERE study_uid=?",
-                  (DELETING, "inputs being deleted by storage.retention.inputs_days", study_uid))
-        return [r["path"] for r in c.execute("SELECT path FROM instances WHERE study_uid=?", (study_uid,))]
+    return store.studies.claim_for_deletion(study_uid, cutoff, CLAIM_NOTE)
 
 
 def _delete_files(root: Path, study_uid: str, paths: list[str], whole_folder: bool) -> None:
@@ -77,22 +68,18 @@ def _delete_files(root: Path, study_uid: str, paths: list[str], whole_folder: bo
     fsync_dir(root / "studies")
 
 
-def _drop_rows(index: Index, study_uid: str) -> None:
+def _drop_rows(store: Store, study_uid: str) -> None:
     """Step 3."""
-    with index.transaction(durable=True) as c:
-        c.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,))
-        c.execute("DELETE FROM series WHERE study_uid=?", (study_uid,))
-        c.execute("UPDATE studies SET state=?, instance_count=0, note=? WHERE study_uid=?",
-                  (DELETED, "inputs deleted by storage.retention.inputs_days", study_uid))
+    store.studies.drop_study_inputs(study_uid, DELETED_NOTE)
 
 
-def finish_interrupted_deletions(index: Index, root: Path) -> int:
+def finish_interrupted_deletions(store: Store, root: Path) -> int:
     """At start-up, before reconciliation: complete deletions a crash interrupted; returns how many."""
-    uids = [r["study_uid"] for r in index.query("SELECT study_uid FROM studies WHERE state=?", (DELETING,))]
+    uids = store.studies.studies_in_state(StudyState.DELETING)
     for uid in uids:
-        paths = [r["path"] for r in index.query("SELECT path FROM instances WHERE study_uid=?", (uid,))]
+        paths = store.studies.study_instance_paths(uid)
         _delete_files(root, uid, paths, whole_folder=is_valid_uid(uid))
-        _drop_rows(index, uid)
+        _drop_rows(store, uid)
         log.warning("retention: completed the deletion of study %s interrupted by a restart", uid)
     return len(uids)
 
@@ -102,22 +89,21 @@ def _results_age_s(entry: Path, now: float) -> float:
     return now - os.lstat(entry).st_mtime
 
 
-def apply_retention(index: Index, root: Path, inputs_days: float | None, results_days: float | None,
+def apply_retention(store: Store, root: Path, inputs_days: float | None, results_days: float | None,
                     now: float | None = None) -> RetentionReport:
     now = time.time() if now is None else now
     studies = instances = results = busy = 0
     if inputs_days is not None:
         cutoff = now - inputs_days * 86400
-        for row in index.query("SELECT study_uid FROM studies WHERE last_received < ? AND state<>?", (cutoff, DELETED)):
-            uid = row["study_uid"]
-            paths = _claim(index, uid, cutoff)
+        for uid in store.studies.studies_received_before(cutoff):
+            paths = _claim(store, uid, cutoff)
             if paths is None:
                 busy += 1
                 continue
             crash_point("retention-claimed")
             _delete_files(root, uid, paths, whole_folder=False)
             crash_point("retention-files-deleted")
-            _drop_rows(index, uid)
+            _drop_rows(store, uid)
             studies += 1
             instances += len(paths)
     if results_days is not None:
@@ -127,12 +113,11 @@ def apply_retention(index: Index, root: Path, inputs_days: float | None, results
                 continue
             if _results_age_s(entry, now) <= results_days * 86400:
                 continue
-            # Under the index lock: no job can publish this study's results meanwhile.
-            with index.transaction() as c:
-                if _busy(c, entry.name):
-                    busy += 1
-                    continue
-                results_store.delete_study(root, entry.name)
+            # In one transaction with the busy check: no job can publish this study's results meanwhile.
+            if not store.studies.delete_results_if_idle(entry.name, lambda uid=entry.name: results_store.delete_study(
+                    root, uid)):
+                busy += 1
+                continue
             results += 1
     if studies or results:
         log.info("retention: deleted the inputs of %d studies (%d instances) and %d result folders; kept %d busy",

@@ -14,7 +14,6 @@ from node.audit import AuditLog
 from node.compare.study import comparison_settings_from_config
 from node.config import NodeConfig
 from node.export.sender import Sender
-from node.index import Index
 from node.ingest.ingestor import Ingestor
 from node.ingest.listener import Listener
 from node.ingest.spool import Spool
@@ -26,6 +25,7 @@ from node.periodic import Periodic
 from node.quant.study import settings_from_config
 from node.retention import apply_retention, finish_interrupted_deletions
 from node.status_http import StatusServer
+from node.store import DeliveryState, open_store
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +37,24 @@ class NodeService:
         self.config = config
         self.root = Path(config.storage.root).resolve()
         self.spool = Spool(self.root)
-        self.index = Index(self.root)
+        self.store = open_store(config)
         self.metrics = Metrics()
         audit_path = config.logging.audit_file
         self.audit = AuditLog(audit_path if audit_path.is_absolute() else self.root / audit_path,
                               config.logging.audit_max_mb, config.logging.audit_keep)
-        self.ingestor = Ingestor(self.spool, self.index, int(config.ingest.max_instance_mb * 1e6),
+        self.ingestor = Ingestor(self.spool, self.store, int(config.ingest.max_instance_mb * 1e6),
                                  config.storage.min_free_gb, self.metrics)
         self.listener = Listener(config, self.ingestor, self.spool.tmp, self.metrics, self.audit)
-        self.monitor = CompletionMonitor(self.index, config.ingest.stable_after_s, config.ingest.force_after_s,
+        self.monitor = CompletionMonitor(self.store, config.ingest.stable_after_s, config.ingest.force_after_s,
                                          config.ingest.poll_s)
-        self.runner = JobRunner(self.index, self.root, config.processing.workers,
+        self.runner = JobRunner(self.store, self.root, config.processing.workers,
                                 settings_from_config(config.quantification), config.processing.max_memory_mb,
                                 destinations=config.destinations, metrics=self.metrics,
                                 comparison=comparison_settings_from_config(config.comparison, config.node.ae_title))
-        self.sender = Sender(self.index, self.root, config, self.metrics, self.audit)
+        self.sender = Sender(self.store, self.root, config, self.metrics, self.audit)
         self.monitor.audit = self.audit
         retention = config.storage.retention
-        self.retention = (Periodic("retention", lambda: apply_retention(self.index, self.root, retention.inputs_days,
+        self.retention = (Periodic("retention", lambda: apply_retention(self.store, self.root, retention.inputs_days,
                                                                          retention.results_days), 3600.0)
                           if retention.inputs_days or retention.results_days else None)
         self.http = (StatusServer(config.http.bind, config.http.port, self.health, self.metrics.render,
@@ -62,9 +62,9 @@ class NodeService:
                      if config.http.enabled else None)
         self.metrics.gauge("iodine_jobs", "jobs by state", self._jobs_by_state)
         self.metrics.gauge("iodine_outbox_depth", "result objects waiting for delivery", lambda: {
-            "": float(self.index.query("SELECT COUNT(*) FROM outbox WHERE state='pending'")[0][0])})
+            "": float(self.store.outbox.counts()[DeliveryState.PENDING])})
         self.metrics.gauge("iodine_outbox_dead", "result objects in dead letter", lambda: {
-            "": float(self.index.query("SELECT COUNT(*) FROM outbox WHERE state='dead'")[0][0])})
+            "": float(self.store.outbox.counts()[DeliveryState.DEAD])})
         self.metrics.gauge("iodine_disk_free_bytes", "free space on the storage root",
                            lambda: {"": float(shutil.disk_usage(self.root).free)})
         self.watch = (WatchFolder(Path(config.ingest.watch_dir), self.spool, self.ingestor,
@@ -74,8 +74,9 @@ class NodeService:
         """After a crash: drop partial files, give interrupted jobs back to the queue. Stability
         timers need no re-arming: they are computed from the index's receive times."""
         removed = self.spool.clear_temp() + results_store.clear_staging(self.root)
-        requeued = self.index.recover_after_restart()
-        finished = finish_interrupted_deletions(self.index, self.root)  # before reconcile: nothing comes back
+        requeued = self.store.jobs.recover_after_restart(self.store.node_id)
+        self.store.outbox.release_leases(self.store.node_id)
+        finished = finish_interrupted_deletions(self.store, self.root)  # before reconcile: nothing comes back
         reindexed = self.ingestor.reconcile()
         if removed or requeued or reindexed or finished:
             log.warning("recovered after restart: %d partial file(s)/folder(s) removed, %d interrupted job(s) queued "
@@ -83,19 +84,16 @@ class NodeService:
                         removed, requeued, reindexed, finished)
 
     def _jobs_by_state(self) -> dict[str, float]:
-        rows = self.index.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-        counts = {state: 0.0 for state in ("pending", "running", "done", "failed", "superseded")}
-        counts.update({r["state"]: float(r["n"]) for r in rows})
-        return {f'state="{k}"': v for k, v in counts.items()}
+        return {f'state="{state}"': float(n) for state, n in self.store.jobs.counts().items()}
 
     def jobs_summary(self) -> list[dict[str, Any]]:
         """The job list for /jobs: ids, states, errors, deliveries; no patient data."""
         out = []
-        for job in self.index.jobs(limit=200):
+        for job in self.store.jobs.recent(limit=200):
             deliveries: dict[str, dict[str, int]] = {}
-            for row in self.index.deliveries(job.id):
-                d = deliveries.setdefault(row["destination"], {})
-                d[row["state"]] = d.get(row["state"], 0) + 1
+            for row in self.store.outbox.rows(job.id):
+                d = deliveries.setdefault(row.destination, {})
+                d[row.state] = d.get(row.state, 0) + 1
             out.append({"id": job.id, "kind": job.kind, "study_instance_uid": job.study_uid, "state": job.state,
                         "attempts": job.attempts, "created_at": job.created_at, "started_at": job.started_at,
                         "finished_at": job.finished_at, "error": job.error, "warnings": job.warnings,
@@ -106,8 +104,7 @@ class NodeService:
         checks: dict[str, dict[str, Any]] = {}
         checks["listener"] = self.listener.status()  # no probe connection: it would take a slot
         try:
-            with self.index.transaction() as c:
-                c.execute("SELECT 1")
+            self.store.ping()
             checks["database"] = {"ok": True}
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks["database"] = {"ok": False, "error": str(exc)}
@@ -148,7 +145,7 @@ class NodeService:
         self.sender.stop()
         self.audit.event("node-stopped")
         self.audit.close()
-        self.index.close()
+        self.store.close()
         log.info("stopped")
 
     def serve_forever(self) -> None:

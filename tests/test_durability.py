@@ -435,15 +435,17 @@ def test_retention_race_with_arrivals_and_crash(study, tmp_path: Path) -> None:
     """In-process (real spool, index and DICOM files): an arrival before the claim keeps the study;
     during the deletion it is answered 0xA700 and nothing of it is written; a crash after the files
     were deleted is completed at start-up and reconciliation brings nothing back."""
+    import sqlite3
     import time
+    from contextlib import closing
 
-    from node.index import Index
     from node.ingest.ingestor import OUT_OF_RESOURCES, IngestError, Ingestor
     from node.ingest.spool import Spool
     from node.retention import _claim, _delete_files, apply_retention, finish_interrupted_deletions
+    from node.store import StudyState, open_store
 
     root = tmp_path / "var"
-    spool, index = Spool(root), Index(root)
+    spool, index = Spool(root), open_store(root)
     ingestor = Ingestor(spool, index, 10**9)
     uid = study.truth["study_instance_uid"]
 
@@ -455,8 +457,8 @@ def test_retention_race_with_arrivals_and_crash(study, tmp_path: Path) -> None:
         finally:
             temp.unlink(missing_ok=True)
 
-    def age(days: float) -> None:
-        with index.transaction() as c:
+    def age(days: float) -> None:  # time passes (the index file itself: no store method moves the clock)
+        with closing(sqlite3.connect(root / "index.sqlite3", timeout=30)) as c, c:
             c.execute("UPDATE studies SET last_received=? WHERE study_uid=?", (time.time() - days * 86400, uid))
 
     files = study.pet_files[:4]
@@ -465,10 +467,10 @@ def test_retention_race_with_arrivals_and_crash(study, tmp_path: Path) -> None:
     age(40)
     put(files[2])  # arrives before retention looks: last_received is now recent
     report = apply_retention(index, root, inputs_days=30, results_days=None)
-    assert report.studies_deleted == 0 and index.query("SELECT COUNT(*) FROM instances")[0][0] == 3
+    assert report.studies_deleted == 0 and len(index.studies.instance_paths()) == 3
     age(40)
     paths = _claim(index, uid, time.time() - 30 * 86400)
-    assert paths is not None and len(paths) == 3 and index.study_state(uid) == "deleting"
+    assert paths is not None and len(paths) == 3 and index.studies.study_state(uid) == StudyState.DELETING
     with pytest.raises(IngestError) as refused:
         put(files[3])  # arrives while retention deletes: retry later, nothing written
     assert refused.value.status == OUT_OF_RESOURCES and "being deleted by retention" in refused.value.reason
@@ -477,16 +479,17 @@ def test_retention_race_with_arrivals_and_crash(study, tmp_path: Path) -> None:
     assert ingestor.reconcile() == 0  # files of a 'deleting' study are never re-indexed
     _delete_files(root, uid, paths[:2], whole_folder=False)  # ... and the node crashes here
     index.close()
-    index = Index(root)  # restart
+    index = open_store(root)  # restart
     ingestor = Ingestor(Spool(root), index, 10**9)
     assert finish_interrupted_deletions(index, root) == 1
     assert ingestor.reconcile() == 0
-    assert index.study_state(uid) == "deleted"
-    assert index.query("SELECT COUNT(*) FROM instances")[0][0] == 0
+    assert index.studies.study_state(uid) == StudyState.DELETED
+    assert len(index.studies.instance_paths()) == 0
     assert not (root / "studies" / uid).exists()
     # The sender's retry after the deletion: stored as a new arrival, the study re-opened.
     outcome = put(files[3])
-    assert outcome.stored and (root / outcome.record.path).is_file() and index.study_state(uid) == "receiving"
+    assert outcome.stored and (root / outcome.record.path).is_file()
+    assert index.studies.study_state(uid) == StudyState.RECEIVING
 
 
 def test_a_file_cut_inside_its_pixel_data_is_refused(study, tmp_path: Path) -> None:
@@ -512,43 +515,44 @@ def test_a_file_cut_inside_its_pixel_data_is_refused(study, tmp_path: Path) -> N
 
 
 def test_finish_job_publishes_only_the_newest_and_supersedes_stale_deliveries(tmp_path: Path) -> None:
-    """In-process, the index alone: the rules Index.finish_job enforces under its lock."""
-    from node.index import Index, InstanceRecord
+    """In-process, the index alone: the rules store.jobs.publish_results enforces in one transaction."""
+    from node.store import Delivery, DeliveryState, InstanceRecord, JobState, open_store
 
-    index = Index(tmp_path)
+    index = open_store(tmp_path, node_id="n")
     study = "1.2.3"
 
     def arrive(sop: str) -> float:
-        index.add_instance(InstanceRecord(sop, "1.2.840.10008.5.1.4.1.1.128", "1.2.3.1", study, "1.2.840.10008.1.2.1",
-                                          f"studies/{study}/1.2.3.1/{sop}.dcm", 1, modality="PT"), "test", "T")
-        return index.query("SELECT last_received FROM studies")[0][0]
+        index.studies.add_instance(InstanceRecord(sop, "1.2.840.10008.5.1.4.1.1.128", "1.2.3.1", study,
+                                                  "1.2.840.10008.1.2.1", f"studies/{study}/1.2.3.1/{sop}.dcm", 1,
+                                                  modality="PT"), "test", "T")
+        return index.studies.study_info(study).last_received
 
-    first = index.queue_job("quantify", study, {}, [], arrive("1.2.3.1.1"))
-    assert index.claim_job().id == first
-    second = index.queue_job("quantify", study, {}, [], arrive("1.2.3.1.2"))  # while the first runs
+    first = index.jobs.queue("quantify", study, {}, [], arrive("1.2.3.1.1"))
+    assert index.jobs.claim("n").id == first
+    second = index.jobs.queue("quantify", study, {}, [], arrive("1.2.3.1.2"))  # while the first runs
 
     def must_not_run() -> tuple[dict, list]:
         raise AssertionError("a superseded job must not publish")
 
-    assert index.finish_job(first, None, None, publish=must_not_run) is False
-    assert index.job(first).state == "superseded"
-    assert index.claim_job().id == second
+    assert index.jobs.publish_results(first, must_not_run, "n") is False
+    assert index.jobs.get(first).state == JobState.SUPERSEDED
+    assert index.jobs.claim("n").id == second
 
     def delivering(*objects: tuple[str, str]):
-        return lambda: ({"ok": True}, [("pacs", kind, f"outputs/{study}/v/{kind}.dcm", uid, "1.2", "digest")
+        return lambda: ({"ok": True}, [Delivery("pacs", kind, f"outputs/{study}/v/{kind}.dcm", uid, "1.2", "digest")
                                        for kind, uid in objects])
 
-    assert index.finish_job(second, None, None, publish=delivering(("sr", "9.1"), ("seg", "9.2"))) is True
-    rows = {r["sop_instance_uid"]: r for r in index.deliveries()}
-    assert {r["state"] for r in rows.values()} == {"pending"} and rows["9.1"]["sha256"] == "digest"
-    index.delivery_outcome(rows["9.1"]["id"], "delivered")
+    assert index.jobs.publish_results(second, delivering(("sr", "9.1"), ("seg", "9.2")), "n") is True
+    rows = {r.sop_instance_uid: r for r in index.outbox.rows()}
+    assert {r.state for r in rows.values()} == {DeliveryState.PENDING} and rows["9.1"].sha256 == "digest"
+    index.outbox.record_outcome(rows["9.1"].id, DeliveryState.DELIVERED)
     # The same job again (jobs retry) with other content: 9.2 is stale now, 9.1 was delivered already.
-    index.retry_job(second)
-    index.claim_job()
-    index.finish_job(second, None, None, publish=delivering(("sr", "9.1"), ("sc", "9.3")))
-    states = {r["sop_instance_uid"]: r["state"] for r in index.deliveries()}
+    index.jobs.retry(second)
+    index.jobs.claim("n")
+    index.jobs.publish_results(second, delivering(("sr", "9.1"), ("sc", "9.3")), "n")
+    states = {r.sop_instance_uid: r.state for r in index.outbox.rows()}
     assert states == {"9.1": "delivered", "9.2": "superseded", "9.3": "pending"}
-    index.delivery_outcome(rows["9.2"]["id"], "pending", "connection refused")  # a send that was in flight
-    assert {r["sop_instance_uid"]: r["state"] for r in index.deliveries()}["9.2"] == "superseded"
+    index.outbox.record_outcome(rows["9.2"].id, DeliveryState.PENDING, "connection refused")  # a send in flight
+    assert {r.sop_instance_uid: r.state for r in index.outbox.rows()}["9.2"] == "superseded"
     with pytest.raises(ValueError, match="superseded by job"):
-        index.retry_job(first)
+        index.jobs.retry(first)

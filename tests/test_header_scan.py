@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pydicom
@@ -10,10 +12,10 @@ import pytest
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from node.index import Index
 from node.ingest.header import scan_values
 from node.ingest.ingestor import HEADER_KEYWORDS, IngestError, Ingestor, _from_dataset, describe, read_header
 from node.ingest.spool import Spool
+from node.store import open_store
 from tests.conftest import data_file
 
 # Two real Siemens PET slices kept in the repo (origin, licence: tests/data/SOURCE.md).
@@ -84,15 +86,17 @@ def test_truncated_and_foreign_files(pet_file: Path, tmp_path: Path) -> None:
 
 
 def test_reconcile_indexes_files_the_index_lost(pet_file: Path, tmp_path: Path) -> None:
-    spool, index = Spool(tmp_path), Index(tmp_path)
+    spool, index = Spool(tmp_path), open_store(tmp_path)
     ingestor = Ingestor(spool, index, 10**9)
     record = describe(read_header(pet_file), "", 0)
     final = spool.instance_path(record.study_uid, record.series_uid, record.sop_instance_uid)
     final.parent.mkdir(parents=True)
     shutil.copyfile(pet_file, final)  # on disk, as after a power loss rolled back the index commit
-    assert not index.has_instance(record.sop_instance_uid)
+    assert not index.studies.has_instance(record.sop_instance_uid)
     assert ingestor.reconcile() == 1
-    assert index.has_instance(record.sop_instance_uid)
+    assert index.studies.has_instance(record.sop_instance_uid)
     assert ingestor.reconcile() == 0
-    (row,) = index.query("SELECT source, path FROM instances")
-    assert row["source"] == "reconciled" and (tmp_path / row["path"]) == final
+    row = index.studies.instance_location(record.sop_instance_uid)
+    assert row is not None and (tmp_path / row.path) == final
+    with closing(sqlite3.connect(tmp_path / "index.sqlite3")) as c:  # how it came: the index file itself
+        assert c.execute("SELECT source FROM instances").fetchall() == [("reconciled",)]

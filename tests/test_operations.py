@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from node.index import Index, InstanceRecord
 from node.retention import apply_retention
+from node.store import InstanceRecord, open_store
 from tests.peers import NodeProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,20 +108,17 @@ def _record(study: str, sop: str) -> InstanceRecord:
 
 
 def test_retention_deletes_old_data_but_nothing_with_pending_work(tmp_path: Path) -> None:
-    index = Index(tmp_path)
+    index = open_store(tmp_path)
     old, busy, fresh = "1.2.3", "1.2.4", "1.2.5"
+    long_ago = time.time() - 40 * 86400
     for uid in (old, busy, fresh):
         rec = _record(uid, uid + ".1.1")
         (tmp_path / rec.path).parent.mkdir(parents=True)
         (tmp_path / rec.path).write_bytes(b"x")
-        index.add_instance(rec, source="test", calling_ae="T")
+        index.studies.add_instance(rec, source="test", calling_ae="T", now=long_ago if uid != fresh else None)
         (tmp_path / "results" / uid).mkdir(parents=True)
         (tmp_path / "results" / uid / "results.json").write_text("{}")
-    long_ago = time.time() - 40 * 86400
-    with index.transaction() as c:
-        c.execute("UPDATE studies SET last_received=? WHERE study_uid IN (?,?)", (long_ago, old, busy))
-    index.queue_job("quantify", busy, {}, [], index.query("SELECT last_received FROM studies WHERE study_uid=?",
-                                                          (busy,))[0][0])
+    index.jobs.queue("quantify", busy, {}, [], index.studies.study_info(busy).last_received)
     for uid in (old, busy):
         os.utime(tmp_path / "results" / uid, (long_ago, long_ago))
     report = apply_retention(index, tmp_path, inputs_days=30, results_days=30)
@@ -130,7 +127,7 @@ def test_retention_deletes_old_data_but_nothing_with_pending_work(tmp_path: Path
     assert not (tmp_path / "studies" / old).exists() and not (tmp_path / "results" / old).exists()
     assert (tmp_path / "studies" / busy).exists() and (tmp_path / "results" / busy).exists()
     assert (tmp_path / "studies" / fresh).exists() and (tmp_path / "results" / fresh).exists()
-    assert index.query("SELECT COUNT(*) FROM instances WHERE study_uid=?", (old,))[0][0] == 0
+    assert index.studies.study_instance_paths(old) == []
 
 
 @pytest.mark.peer

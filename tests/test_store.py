@@ -308,3 +308,26 @@ def test_a_worker_reads_through_a_read_only_store(store: Store, index_target: Pa
 def test_ping_and_location_carry_no_secret(store: Store) -> None:
     store.ping()
     assert store.node_id == "node-a" and "password" not in store.location
+
+
+def _open_and_close(root: str) -> int:
+    store = open_store(Path(root))
+    try:
+        return store.jobs.counts()[JobState.PENDING]
+    finally:
+        store.close()
+
+
+def test_sqlite_index_created_by_several_processes_at_once(tmp_path: Path) -> None:
+    """Listener processes open a fresh index together: each migration is applied exactly once."""
+    import multiprocessing
+    import sqlite3
+    from concurrent.futures import ProcessPoolExecutor
+    from contextlib import closing
+
+    from node.store.sqlite.schema import MIGRATIONS
+
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert list(pool.map(_open_and_close, [str(tmp_path)] * 8)) == [0] * 8
+    with closing(sqlite3.connect(tmp_path / "index.sqlite3")) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

@@ -177,11 +177,11 @@ def _final_status(iterator: Iterator[tuple[Dataset, Dataset | None]], what: str)
 def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
     """C-GET: the PACS sends on this association; each instance goes through the node's ingest (fsync,
     index) before it is acknowledged, like a pushed one."""
-    from node.index import Index
     from node.ingest.ingestor import IngestError, Ingestor
     from node.ingest.spool import Spool
+    from node.store import open_store
 
-    index = Index(storage_root)
+    index = open_store(storage_root)
     spool = Spool(storage_root)
     ingestor = Ingestor(spool, index, max_instance_bytes=2**40)
 

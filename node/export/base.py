@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-DELIVERED, RETRY, DEAD = "delivered", "retry", "dead"
+from node.store.states import DeliveryState
+
+# A send's outcome: delivered and dead are the outbox row's next state; retry keeps the row pending.
+DELIVERED, DEAD = DeliveryState.DELIVERED, DeliveryState.DEAD
+RETRY = "retry"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Retries back off exponentially with jitter (export.retry); after give_up_after_h an object is a
 dead letter, visible in `iodine-node jobs` and re-sent with `iodine-node jobs retry ID`. Delivered
-objects are never sent again: each outcome is committed as its response arrives.
+objects are never sent again: each outcome is committed as its response arrives. Each round's
+items are claimed under a lease of this node (renewed while a long batch runs): on a shared index
+a node that dies mid-batch leaves the rest to another node once the lease expired.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from node.audit import AuditLog
 from node.config import NodeConfig
 from node.crashpoints import crash_point
 from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Target, make_target
-from node.index import PENDING, Index, OutboxItem
 from node.metrics import Metrics
 from node.periodic import Periodic
+from node.store import LEASE_S, DeliveryState, OutboxItem, Store
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,10 @@ def intact(path: Path, sha256: str | None) -> str | None:
 
 
 class Sender:
-    def __init__(self, index: Index, storage_root: Path, config: NodeConfig, metrics: Metrics | None = None,
-                 audit: AuditLog | None = None) -> None:
-        self.index = index
+    def __init__(self, store: Store, storage_root: Path, config: NodeConfig, metrics: Metrics | None = None,
+                 audit: AuditLog | None = None, lease_s: float = LEASE_S) -> None:
+        self.store = store
+        self.lease_s = lease_s
         self.metrics = metrics
         self.audit = audit
         self.root = storage_root
@@ -75,10 +78,12 @@ class Sender:
         """One round: every destination's due items; returns how many were delivered."""
         now = time.time() if now is None else now
         delivered = 0
-        for name, items in self.index.due_deliveries(now, self.config.export.batch_size).items():
+        claimed = self.store.outbox.claim(self.store.node_id, self.config.export.batch_size, self.lease_s, now=now)
+        renewed_at = time.monotonic()
+        for name, items in claimed.items():
             if name not in self.destinations:
                 for item in items:
-                    self.index.delivery_outcome(item.id, DEAD, f"destination {name!r} is no longer configured")
+                    self._outcome(item.id, DEAD, f"destination {name!r} is no longer configured")
                 continue
             by_id = {i.id: i for i in items}
             recorded: dict[int, Outcome] = {}
@@ -93,22 +98,31 @@ class Sender:
             def report(item_id: int, outcome: Outcome, name: str = name, by_id: dict = by_id,
                        recorded: dict = recorded) -> None:
                 # Committed as each response arrives: a crash later in the batch re-sends only the rest.
+                nonlocal renewed_at
                 if item_id in by_id and item_id not in recorded:
                     recorded[item_id] = outcome
                     self._record_one(name, by_id[item_id], outcome)
                     crash_point("export-recorded")
+                if time.monotonic() - renewed_at > self.lease_s / 3:  # a long batch keeps its leases
+                    renewed_at = time.monotonic()
+                    self.store.outbox.renew([i for i in by_id if i not in recorded], self.store.node_id,
+                                            self.lease_s)
 
             try:
                 outcomes = self._target(name).send(parcels, report) if parcels else {}
             except Exception as exc:
                 log.exception("destination %s failed", name)
-                outcomes = {p.item_id: Outcome("retry", f"{type(exc).__name__}: {exc}") for p in parcels}
+                outcomes = {p.item_id: Outcome(RETRY, f"{type(exc).__name__}: {exc}") for p in parcels}
             for item in items:
                 if item.id not in recorded:
-                    recorded[item.id] = outcomes.get(item.id, Outcome("retry", "no outcome reported"))
+                    recorded[item.id] = outcomes.get(item.id, Outcome(RETRY, "no outcome reported"))
                     self._record_one(name, item, recorded[item.id])
             delivered += self._summarise(name, items, recorded)
         return delivered
+
+    def _outcome(self, item_id: int, state: DeliveryState, error: str | None = None, warning: str | None = None,
+                 next_attempt_at: float | None = None) -> None:
+        self.store.outbox.record_outcome(item_id, state, error, warning, next_attempt_at, self.store.node_id)
 
     def _record_one(self, name: str, item: OutboxItem, outcome: Outcome) -> None:
         retry = self.config.export.retry
@@ -118,22 +132,21 @@ class Sender:
             if outcome.state != DELIVERED:
                 self.metrics.inc("iodine_export_failures_total")
         if outcome.state == DELIVERED:
-            self.index.delivery_outcome(item.id, DELIVERED, warning=outcome.warning)
+            self._outcome(item.id, DELIVERED, warning=outcome.warning)
             if outcome.warning:
                 log.warning("job %d: %s delivered to %s with warning: %s", item.job_id, item.kind, name,
                             outcome.warning)
         elif outcome.state == DEAD:
-            self.index.delivery_outcome(item.id, DEAD, outcome.error)
+            self._outcome(item.id, DEAD, outcome.error)
             log.error("job %d: %s for study %s is a dead letter at %s: %s", item.job_id, item.kind,
                       item.study_uid, name, outcome.error)
         elif now - item.created_at > retry.give_up_after_h * 3600:
-            self.index.delivery_outcome(item.id, DEAD, f"gave up after {retry.give_up_after_h:g} h: "
-                                                       f"{outcome.error}")
+            self._outcome(item.id, DEAD, f"gave up after {retry.give_up_after_h:g} h: {outcome.error}")
             log.error("job %d: %s for study %s given up at %s after %d attempts: %s", item.job_id, item.kind,
                       item.study_uid, name, item.attempts + 1, outcome.error)
         else:
             wait = backoff_s(item.attempts + 1, retry.first_s, retry.max_s, self._rng)
-            self.index.delivery_outcome(item.id, PENDING, outcome.error, next_attempt_at=now + wait)
+            self._outcome(item.id, DeliveryState.PENDING, outcome.error, next_attempt_at=now + wait)
             log.warning("job %d: %s to %s failed (attempt %d), next try in %.0f s: %s", item.job_id, item.kind,
                         name, item.attempts + 1, wait, outcome.error)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -16,12 +15,12 @@ import pydicom.filereader
 from pydicom.errors import InvalidDicomError
 
 from node.crashpoints import crash_point
-from node.index import DELETING, Index, InstanceRecord, StudyBeingDeleted
 from node.ingest.deflate import InflateError, inflated_size, is_deflated
 from node.ingest.header import HeaderValue, pixel_data_shortfall, scan_values
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES
 from node.ingest.spool import ReceiveFile, Spool, fsync_dir, fsync_file, is_disk_error
 from node.metrics import Metrics
+from node.store import InstanceRecord, Store, StoreUnavailable, StudyBeingDeleted, StudyState
 from node.uids import uid_problem
 
 log = logging.getLogger(__name__)
@@ -210,10 +209,10 @@ def describe(h: Header, path: str, size: int) -> InstanceRecord:
 
 
 class Ingestor:
-    def __init__(self, spool: Spool, index: Index, max_instance_bytes: int, min_free_gb: float = 0.0,
+    def __init__(self, spool: Spool, store: Store, max_instance_bytes: int, min_free_gb: float = 0.0,
                  metrics: Metrics | None = None) -> None:
         self.spool = spool
-        self.index = index
+        self.store = store
         self.max_instance_bytes = max_instance_bytes
         self.min_free_gb = min_free_gb
         self.metrics = metrics
@@ -223,10 +222,9 @@ class Ingestor:
     def reconcile(self) -> int:
         """Index instance files that are on disk but not in the index (after a power loss rolled
         back the last index commits, or a crash between link and commit); returns how many."""
-        known = {r["path"] for r in self.index.query("SELECT path FROM instances")}
+        known = self.store.studies.instance_paths()
         # Files of a study retention is deleting are never indexed again (node.retention).
-        deleting = {r["study_uid"] for r in self.index.query("SELECT study_uid FROM studies WHERE state=?",
-                                                             (DELETING,))}
+        deleting = set(self.store.studies.studies_in_state(StudyState.DELETING))
         added = 0
         for path in sorted(self.spool.studies.glob("*/*/*.dcm")):
             rel = str(path.relative_to(self.spool.root))
@@ -237,7 +235,7 @@ class Ingestor:
             except IngestError as exc:
                 log.error("reconcile: %s cannot be indexed: %s", rel, exc.reason)
                 continue
-            if self.index.add_instance(record, source="reconciled", calling_ae=""):
+            if self.store.studies.add_instance(record, source="reconciled", calling_ae=""):
                 added += 1
         return added
 
@@ -259,7 +257,7 @@ class Ingestor:
             temp.unlink(missing_ok=True)
             raise IngestError(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc} (errno {exc.errno}); "
                                                 "retry later") from None
-        except sqlite3.OperationalError as exc:
+        except StoreUnavailable as exc:
             raise IngestError(OUT_OF_RESOURCES, f"index error: {exc}; retry later") from None
 
     def _ingest(self, temp: Path, source: str, calling_ae: str, context_sop_class: str | None,
@@ -293,7 +291,7 @@ class Ingestor:
                                                 f"Affected SOP Instance UID {affected_sop_uid}")
         final = self.spool.instance_path(probe.study_uid, probe.series_uid, probe.sop_instance_uid)
         record = replace(probe, path=str(final.relative_to(self.spool.root)))
-        if self.index.study_state(record.study_uid) == DELETING:
+        if self.store.studies.study_state(record.study_uid) == StudyState.DELETING:
             raise IngestError(OUT_OF_RESOURCES, f"study {record.study_uid} is being deleted by retention; retry later")
         duplicate = self._duplicate(temp, record)
         if duplicate is not None:
@@ -307,9 +305,9 @@ class Ingestor:
         crash_point("ingest-linked")
         # Index even when the file was already there: a crash between the link and the index
         # commit leaves an unindexed file that the sender's retry (or start-up reconciliation) completes.
-        new_study = not self.index.query("SELECT 1 FROM studies WHERE study_uid=?", (record.study_uid,))
+        new_study = not self.store.studies.has_study(record.study_uid)
         try:
-            indexed = self.index.add_instance(record, source=source, calling_ae=calling_ae)
+            indexed = self.store.studies.add_instance(record, source=source, calling_ae=calling_ae)
         except BaseException as exc:
             if newly_written:  # never leave a file the index does not describe
                 self._unlink(final)
@@ -340,19 +338,17 @@ class Ingestor:
         success that stores nothing; under another study or series, or with other content, it is
         refused (a UID names one data set, PS3.3 C.12.1.1.1; corrections need new UIDs). None:
         not indexed yet (or its file is missing, so this copy may take its place)."""
-        rows = self.index.query("SELECT study_uid, series_uid, path FROM instances WHERE sop_instance_uid=?",
-                                (record.sop_instance_uid,))
-        if not rows:
+        row = self.store.studies.instance_location(record.sop_instance_uid)
+        if row is None:
             return None
-        row = rows[0]
-        if (row["study_uid"], row["series_uid"]) != (record.study_uid, record.series_uid):
+        if (row.study_uid, row.series_uid) != (record.study_uid, record.series_uid):
             raise IngestError(DATASET_MISMATCH, f"SOP Instance UID {record.sop_instance_uid} is already stored in "
-                                                f"study {row['study_uid']} series {row['series_uid']}; refused under "
+                                                f"study {row.study_uid} series {row.series_uid}; refused under "
                                                 f"study {record.study_uid} series {record.series_uid}")
-        stored = self.spool.root / row["path"]
+        stored = self.spool.root / row.path
         if not stored.is_file():
             return None
         if not same_dataset(stored, temp):
             raise IngestError(CANNOT_UNDERSTAND, f"SOP Instance UID {record.sop_instance_uid} is already stored "
                                                  "with different content; send corrected data under new UIDs")
-        return IngestOutcome(replace(record, path=row["path"]), stored=False)
+        return IngestOutcome(replace(record, path=row.path), stored=False)

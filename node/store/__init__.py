@@ -19,6 +19,7 @@ from node.store.records import (
     Job,
     LeaseLost,
     OutboxItem,
+    StoreUnavailable,
     StudyBeingDeleted,
     StudyInfo,
 )
@@ -26,8 +27,8 @@ from node.store.states import DeliveryState, JobState, StudyState
 
 __all__ = [
     "LEASE_S", "Delivery", "DeliveryRow", "DeliveryState", "InstanceLocation", "InstanceRecord", "Job", "JobState",
-    "JobStore", "LeaseLost", "OutboxItem", "OutboxStore", "PublishStep", "Store", "StudyBeingDeleted", "StudyInfo",
-    "StudyState", "StudyStore", "default_node_id", "open_store",
+    "JobStore", "LeaseLost", "OutboxItem", "OutboxStore", "PublishStep", "Store", "StoreUnavailable",
+    "StudyBeingDeleted", "StudyInfo", "StudyState", "StudyStore", "default_node_id", "open_store",
 ]
 
 

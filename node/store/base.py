@@ -24,6 +24,8 @@ Rules every implementation keeps:
   the study superseded_by it (pending ones end superseded at once); a new instance of a study
   supersedes its pending job (`studies.add_instance`); a job that was superseded while it ran
   never publishes (`jobs.publish_results` returns False).
+- A database that cannot be reached or written right now raises StoreUnavailable (the caller
+  answers "retry later"); the implementation's own exceptions never leak out.
 - Paths (instances, outbox) are relative to storage.root.
 - Times are epoch seconds (time.time()); `now` parameters exist for tests and default to it.
 - States are node.store.states (StudyState, JobState, DeliveryState): never bare strings.

@@ -16,6 +16,11 @@ class StudyBeingDeleted(Exception):
     """An instance of a study whose inputs retention is deleting right now: the sender retries later."""
 
 
+class StoreUnavailable(Exception):
+    """The index cannot be read or written right now (locked past the timeout, read-only, I/O error,
+    server gone): the caller answers "retry later" (e.g. C-STORE 0xA700) instead of failing for good."""
+
+
 class LeaseLost(Exception):
     """A node acted on a job or delivery whose lease another node has taken over (it expired)."""
 

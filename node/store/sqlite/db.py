@@ -16,9 +16,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from node.store.records import StoreUnavailable
 from node.store.sqlite.schema import migrate
 
 INDEX_FILE = "index.sqlite3"
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """sqlite3's operational errors (locked past busy_timeout, read-only, disk I/O) as StoreUnavailable."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(str(exc)) from exc
 
 
 def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
@@ -46,10 +56,11 @@ class Db:
             root.mkdir(parents=True, exist_ok=True)
         self.path = root / INDEX_FILE
         self.read_only = read_only
-        self.conn = connect(self.path, read_only)
+        with translated():
+            self.conn = connect(self.path, read_only)
+            if not read_only:
+                migrate(self.conn)
         self.lock = threading.RLock()
-        if not read_only:
-            migrate(self.conn)
 
     def close(self) -> None:
         with self.lock:
@@ -59,7 +70,7 @@ class Db:
     def write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT under this process's lock; ROLLBACK on any exception.
         durable: the commit is fsynced (synchronous=FULL) before it returns."""
-        with self.lock:
+        with self.lock, translated():
             if durable:
                 self.conn.execute("PRAGMA synchronous=FULL")
             try:
@@ -77,7 +88,7 @@ class Db:
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: several SELECTs see one consistent state."""
-        with self.lock:
+        with self.lock, translated():
             self.conn.execute("BEGIN")
             try:
                 yield self.conn
@@ -85,9 +96,9 @@ class Db:
                 self.conn.execute("COMMIT")
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self.lock:
+        with self.lock, translated():
             return self.conn.execute(sql, params).fetchall()
 
     def row(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
-        with self.lock:
+        with self.lock, translated():
             return self.conn.execute(sql, params).fetchone()
