@@ -25,7 +25,7 @@ from node.compare.study import ComparisonSettings
 from node.crashpoints import crash_point
 from node.logs import current_setup, setup_logging
 from node.metrics import Metrics
-from node.pipeline import JobError, run_job
+from node.pipeline import JobError, run_job, use_index
 from node.quant.study import QuantSettings
 from node.store import LEASE_S, Delivery, Job, LeaseLost, Store
 
@@ -53,8 +53,10 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _init_worker(max_memory_mb: int | None, log_level: int, log_format: str) -> None:
+def _init_worker(max_memory_mb: int | None, log_level: int, log_format: str, index_target: str | None = None) -> None:
     _exit_with_parent()
+    if index_target:
+        use_index(index_target)
     setup_logging(log_level, log_format)
     if max_memory_mb:
         limit = max_memory_mb * 1024 * 1024
@@ -105,7 +107,8 @@ class JobRunner:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: the listener's threads and sockets are not forked into workers.
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.max_memory_mb, *current_setup()))
+                                   initializer=_init_worker,
+                                   initargs=(self.max_memory_mb, *current_setup(), self.store.target))
 
     def alive(self) -> bool:
         """The runner thread runs and its pool (if any) is not broken."""

@@ -153,10 +153,19 @@ def _earlier_studies(conn: Store, study_uid: str) -> tuple[tuple[str, str] | Non
     return (me.patient_id, me.issuer_of_patient_id), others
 
 
+_worker_index: str | None = None  # this worker process's index (node.jobs' pool initializer sets it)
+
+
+def use_index(target: str) -> None:
+    """Read the index at `target` (Store.target: a storage root or a DSN) in this worker process."""
+    global _worker_index
+    _worker_index = target
+
+
 @contextmanager
 def _index(storage_root: Path) -> Iterator[Store]:
     """The index, read-only (a worker never writes it; the service does)."""
-    conn = open_store(storage_root, read_only=True)
+    conn = open_store(_worker_index or storage_root, read_only=True)
     try:
         yield conn
     finally:

@@ -50,8 +50,9 @@ class NodeService:
         self.runner = JobRunner(self.store, self.root, config.processing.workers,
                                 settings_from_config(config.quantification), config.processing.max_memory_mb,
                                 destinations=config.destinations, metrics=self.metrics,
-                                comparison=comparison_settings_from_config(config.comparison, config.node.ae_title))
-        self.sender = Sender(self.store, self.root, config, self.metrics, self.audit)
+                                comparison=comparison_settings_from_config(config.comparison, config.node.ae_title),
+                                lease_s=config.index.lease_s)
+        self.sender = Sender(self.store, self.root, config, self.metrics, self.audit, lease_s=config.index.lease_s)
         self.monitor.audit = self.audit
         retention = config.storage.retention
         self.retention = (Periodic("retention", lambda: apply_retention(self.store, self.root, retention.inputs_days,
@@ -130,7 +131,8 @@ class NodeService:
             self.http.start()
             log.info("status endpoint on http://%s:%d (/healthz, /metrics, /jobs)", self.config.http.bind,
                      self.http.port)
-        log.info("storage root %s; %d worker(s)", self.root, self.config.processing.workers)
+        log.info("storage root %s; index %s (node id %s); %d worker(s)", self.root, self.store.location,
+                 self.store.node_id, self.config.processing.workers)
 
     def stop(self) -> None:
         if self.http:

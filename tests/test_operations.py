@@ -181,3 +181,20 @@ def test_docker_files_parse_and_reference_existing_files(tmp_path: Path) -> None
                             str(tmp_path), str(ROOT)], capture_output=True, text=True, check=False)
     assert wheel.returncode == 0, wheel.stderr
     assert list(tmp_path.glob("iodine_node-*.whl"))
+
+
+def test_scale_compose_example_is_consistent() -> None:
+    """docker/compose.scale.yaml: two nodes on one PostgreSQL and one shared volume, Orthanc as PACS."""
+    from node.config import load_config
+
+    compose = yaml.safe_load((ROOT / "docker" / "compose.scale.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "orthanc", "node-a", "node-b"} <= set(services)
+    for name in ("node-a", "node-b"):
+        volumes = services[name]["volumes"]
+        assert "iodine-shared:/var/lib/iodine-node" in volumes  # the one storage root
+        assert (ROOT / "docker" / volumes[0].split(":")[0]).resolve() == ROOT / "config" / "node.scale.yaml"
+        assert services[name]["hostname"] == name and "iodine-dsn" in services[name]["secrets"]
+    config = load_config(ROOT / "config" / "node.scale.yaml")
+    assert config.index.backend == "postgresql" and str(config.index.dsn_file) == "/run/secrets/iodine-dsn"
+    assert str(config.storage.root) == "/var/lib/iodine-node"

@@ -271,6 +271,12 @@ class Store(Protocol):
         ...
 
     @property
+    def target(self) -> str:
+        """What open_store() takes to reach this same index from another process (a job worker): the
+        storage root (SQLite) or the DSN (PostgreSQL). It may hold a password: never log it."""
+        ...
+
+    @property
     def location(self) -> str:
         """Where the index is, for messages and logs (never a password)."""
         ...

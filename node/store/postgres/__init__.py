@@ -20,6 +20,7 @@ class PostgresStore:
     """node.store.base.Store on PostgreSQL (psycopg 3)."""
 
     def __init__(self, dsn: str, node_id: str, read_only: bool = False) -> None:
+        self._dsn = dsn
         self._db = Db(dsn, read_only)
         self._node_id = node_id
         self.studies = PgStudies(self._db)
@@ -29,6 +30,10 @@ class PostgresStore:
     @property
     def node_id(self) -> str:
         return self._node_id
+
+    @property
+    def target(self) -> str:
+        return self._dsn
 
     @property
     def location(self) -> str:

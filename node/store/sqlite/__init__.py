@@ -32,6 +32,10 @@ class SqliteStore:
         return self._node_id
 
     @property
+    def target(self) -> str:
+        return str(self._db.path.parent)
+
+    @property
     def location(self) -> str:
         return str(self._db.path)
 
