@@ -6,7 +6,9 @@ number of jobs over the wall time from the start signal to the last worker's end
 be claimed exactly once (checked). This is the index's share of a job; the quantification itself
 (about 10-30 s per study here) is not included.
 
-    python -m bench.queue [--jobs 400]    (PostgreSQL: a throw-away local server, started by the bench)
+Then the index's share of ingest: add_instance commits per second with 1 and 4 writer processes.
+
+    python -m bench.queue [--jobs 400] [--instances 800]   (PostgreSQL: a throw-away local server)
 """
 
 from __future__ import annotations
@@ -60,6 +62,37 @@ def worker(target: str, node_id: str, start: mp.synchronize.Event, out: mp.Queue
     out.put(claimed)
 
 
+def writer(target: str, n: int, instances: int, start: mp.synchronize.Event, out: mp.Queue) -> None:
+    """Index `instances` instances of one whole-body-sized study, one transaction each (as ingest does)."""
+    store = open_store(target, node_id=f"ingest-{n}")
+    study = f"1.2.826.0.1.3680043.10.2.{n}"
+    start.wait()
+    for i in range(instances):
+        store.studies.add_instance(InstanceRecord(f"{study}.1.{i}", "1.2.840.10008.5.1.4.1.1.128", f"{study}.1",
+                                                  study, "1.2.840.10008.1.2.1", f"studies/{study}/{i}.dcm", 350_000,
+                                                  modality="PT", image_index=i + 1), "bench", "BENCH")
+    store.close()
+    out.put(instances)
+
+
+def measure_ingest(target: str, instances: int, writers: int) -> float:
+    """Index commits per second: `writers` processes (concurrent associations), each its own study."""
+    open_store(target, node_id="migrate").close()
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=writer, args=(target, n, instances, start, out)) for n in range(writers)]
+    for p in procs:
+        p.start()
+    time.sleep(2.0)
+    began = time.perf_counter()
+    start.set()
+    total = sum(out.get(timeout=600) for _ in procs)
+    seconds = time.perf_counter() - began
+    for p in procs:
+        p.join(60)
+    return total / seconds
+
+
 def measure(target: str, jobs: int, workers: int) -> float:
     fill(target, jobs)
     ctx = mp.get_context("spawn")
@@ -82,6 +115,7 @@ def measure(target: str, jobs: int, workers: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--instances", type=int, default=800, help="per writer (a whole-body study: 807)")
     args = parser.parse_args()
     results: dict[tuple[str, int], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,6 +128,21 @@ def main() -> int:
             for workers in WORKERS:
                 results["postgresql", workers] = measure(create_database(server, "bench"), args.jobs, workers)
                 print(f"postgresql  {workers} worker(s): {results['postgresql', workers]:8.1f} jobs/s", flush=True)
+    ingest: dict[tuple[str, int], float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for writers in (1, 4):
+            ingest["sqlite", writers] = measure_ingest(str(Path(tmp) / f"ingest-{writers}"), args.instances, writers)
+        from tests.pg import create_database, postgres_server
+
+        with postgres_server() as server:
+            for writers in (1, 4):
+                ingest["postgresql", writers] = measure_ingest(create_database(server, "ingest"), args.instances,
+                                                               writers)
+    print(f"\nindex writes of ingest (add_instance, one transaction per instance, {args.instances} per writer)")
+    print(f"{'writers':>7}  {'sqlite inst/s':>13}  {'postgresql inst/s':>17} {'pg/sqlite':>9}")
+    for writers in (1, 4):
+        s, p = ingest["sqlite", writers], ingest["postgresql", writers]
+        print(f"{writers:>7}  {s:>13.0f}  {p:>17.0f} {p / s:>9.2f}")
     base = results["sqlite", 1]
     print(f"\nclaim + publish (3 outbox rows) of {args.jobs} jobs; ratio to SQLite with 1 worker")
     print(f"{'workers':>7}  {'sqlite jobs/s':>13} {'ratio':>6}  {'postgresql jobs/s':>17} {'ratio':>6}")

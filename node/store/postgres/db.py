@@ -3,7 +3,8 @@
 Every method of a store is one transaction (READ COMMITTED; row locks, SKIP LOCKED claims and
 advisory locks make the read-check-write methods safe between nodes). A connection the server or
 the network dropped is replaced at the next transaction; the transaction that saw it break raises
-(psycopg.OperationalError) and changed nothing.
+StoreUnavailable (the caller answers "retry later") and changed nothing: psycopg's operational
+errors (server gone, admin shutdown, serialization failure, deadlock) never leak out.
 
 Lease times come from the database server's clock (`NOW_SQL`) unless a test passes `now`: the nodes
 of a shared index then agree on when a lease expires, whatever their own clocks say.
@@ -21,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from node.store.postgres.schema import migrate
+from node.store.records import StoreUnavailable
 
 # The time of a statement: the caller's `now` parameter (tests), else the server's clock.
 NOW_SQL = "COALESCE(%(now)s::double precision, extract(epoch from clock_timestamp()))"
@@ -58,7 +60,7 @@ class Db:
                                    autocommit=True, application_name="iodine-node")
         except psycopg.OperationalError as exc:
             # psycopg's message holds no password; the DSN is named by its redacted form only.
-            raise psycopg.OperationalError(f"cannot connect to the index {self.location}: {exc}") from None
+            raise StoreUnavailable(f"cannot connect to the index {self.location}: {exc}") from None
         if self.read_only:
             conn.read_only = True
         return conn
@@ -74,8 +76,11 @@ class Db:
         with self.lock:
             if self.conn.closed or self.conn.broken:
                 self.conn = self._connect()
-            with self.conn.transaction():
-                yield self.conn
+            try:
+                with self.conn.transaction():
+                    yield self.conn
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"index {self.location}: {exc}") from exc
 
     @contextmanager
     def snapshot(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
