@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -118,3 +121,35 @@ def test_dask_batch_matches_serial_run_and_isolates_a_corrupt_study(archive, cap
     assert "4 study(ies) already have results" in out
     assert "0 processed, 1 failed, 4 skipped (had results)" in out
     assert {uid: (parallel / uid / "results.json").stat().st_mtime_ns for uid in uids} == before
+
+
+@pytest.mark.peer
+def test_an_existing_dask_cluster_runs_the_batch(phantom_factory, tmp_path: Path, capsys) -> None:
+    """--scheduler: a separately started `dask scheduler` and `dask worker` (what a research cluster
+    runs) get the tasks; a study that fails comes back with its reason through them."""
+    from tests.peers import free_port, wait_for
+
+    only_corrupt = tmp_path / "input"
+    corrupt = _corrupt_study(phantom_factory(seed=1, vendor="siemens", noise=0.15).out_dir, only_corrupt / "broken")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path / "dask.log", "ab")  # noqa: SIM115 - handed to the child processes
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--no-dashboard"], stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1",
+                               "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    try:
+        wait_for(lambda: "Register worker" in (tmp_path / "dask.log").read_text(errors="replace"), 120,
+                 "the dask worker to join the scheduler")
+        assert main(["process", str(only_corrupt), "--output", str(tmp_path / "out"), "--scheduler", address]) == 1
+        out, err = capsys.readouterr()
+        assert f"processing 1 study(ies) on scheduler {address}" in err
+        assert f"study {corrupt}: FAILED: " in out and "0 processed, 1 failed, 0 skipped" in out
+        assert scheduler.poll() is None and worker.poll() is None  # the cluster outlives the batch
+    finally:
+        for proc in (worker, scheduler):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
