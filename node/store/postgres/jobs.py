@@ -16,22 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from node.store import rows
 from node.store.base import LEASE_S, PublishStep
 from node.store.postgres.db import NOW_SQL, Db
 from node.store.postgres.studies import study_lock
 from node.store.records import Delivery, Job, LeaseLost
 from node.store.states import DeliveryState, JobState, StudyState
-
-
-def job_from_row(row: dict[str, Any]) -> Job:
-    return Job(
-        id=row["id"], kind=row["kind"], study_uid=row["study_uid"], state=JobState(row["state"]),
-        attempts=row["attempts"], created_at=row["created_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"], error=row["error"], payload=json.loads(row["payload"] or "{}"),
-        result=json.loads(row["result"]) if row["result"] else None,
-        warnings=json.loads(row["warnings"] or "[]"), superseded_by=row["superseded_by"],
-        lease_owner=row["lease_owner"], lease_expires_at=row["lease_expires_at"],
-    )
 
 
 def _end_superseded(c: Any, job_id: int, superseded_by: int | None, now: float) -> None:
@@ -105,7 +95,7 @@ class PgJobs:
                 " WHERE id = (SELECT id FROM jobs WHERE state=%(pending)s OR (state=%(running)s"
                 f" AND lease_expires_at<{NOW_SQL} AND lease_owner<>%(node)s) ORDER BY id LIMIT 1"
                 " FOR UPDATE SKIP LOCKED) RETURNING *", args).fetchone()
-        return None if row is None else job_from_row(row)
+        return None if row is None else rows.job(row)
 
     def renew(self, job_id: int, node_id: str, lease_s: float = LEASE_S, now: float | None = None) -> bool:
         with self._db.write() as c:
@@ -172,7 +162,7 @@ class PgJobs:
                 raise ValueError(f"job {job_id} was superseded by job {row['superseded_by']}; retry that one")
             if row["state"] == JobState.SUPERSEDED:
                 raise ValueError(f"job {job_id} was superseded: new instances of its study arrived")
-            return job_from_row(c.execute(
+            return rows.job(c.execute(
                 "UPDATE jobs SET state=%s, error=NULL, finished_at=NULL, lease_owner=NULL, lease_expires_at=NULL"
                 " WHERE id=%s RETURNING *", (JobState.PENDING, job_id)).fetchone())
 
@@ -190,13 +180,10 @@ class PgJobs:
 
     def get(self, job_id: int) -> Job | None:
         row = self._db.row("SELECT * FROM jobs WHERE id=%s", (job_id,))
-        return None if row is None else job_from_row(row)
+        return None if row is None else rows.job(row)
 
     def recent(self, limit: int = 100) -> list[Job]:
-        return [job_from_row(r) for r in self._db.rows("SELECT * FROM jobs ORDER BY id DESC LIMIT %s", (limit,))]
+        return [rows.job(r) for r in self._db.rows("SELECT * FROM jobs ORDER BY id DESC LIMIT %s", (limit,))]
 
     def counts(self) -> dict[JobState, int]:
-        out = dict.fromkeys(JobState, 0)
-        for r in self._db.rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
-            out[JobState(r["state"])] = r["n"]
-        return out
+        return rows.counts(JobState, self._db.rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"))

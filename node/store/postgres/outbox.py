@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
+from node.store import rows
 from node.store.base import LEASE_S
 from node.store.postgres.db import NOW_SQL, Db
 from node.store.records import DeliveryRow, OutboxItem
 from node.store.states import DeliveryState
-
-
-def _row(r: dict[str, Any]) -> DeliveryRow:
-    return DeliveryRow(r["id"], r["job_id"], r["study_uid"], r["destination"], r["kind"], r["path"],
-                       r["sop_instance_uid"], r["sop_class_uid"], DeliveryState(r["state"]), r["attempts"],
-                       r["next_attempt_at"], r["created_at"], r["delivered_at"], r["last_error"], r["warning"],
-                       r["sha256"], r["lease_owner"], r["lease_expires_at"])
 
 
 class PgOutbox:
@@ -33,20 +26,14 @@ class PgOutbox:
     def claim(self, node_id: str, limit: int, lease_s: float = LEASE_S,
               now: float | None = None) -> dict[str, list[OutboxItem]]:
         with self._db.write() as c:
-            rows = c.execute(
+            claimed = c.execute(
                 f"UPDATE outbox SET lease_owner=%(node)s, lease_expires_at={NOW_SQL} + %(lease)s"
                 " WHERE id IN (SELECT id FROM outbox WHERE state=%(pending)s"
                 f" AND next_attempt_at<={NOW_SQL} AND (lease_expires_at IS NULL OR lease_expires_at<{NOW_SQL})"
                 " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING *",
                 {"now": now, "node": node_id, "lease": lease_s, "pending": DeliveryState.PENDING,
                  "limit": limit}).fetchall()
-        out: dict[str, list[OutboxItem]] = {}
-        for r in sorted(rows, key=lambda r: r["id"]):
-            out.setdefault(r["destination"], []).append(OutboxItem(
-                r["id"], r["job_id"], r["study_uid"], r["destination"], r["kind"], r["path"], r["sop_instance_uid"],
-                r["sop_class_uid"], r["attempts"], r["created_at"], r["sha256"], r["lease_owner"],
-                r["lease_expires_at"]))
-        return out
+        return rows.claimed(claimed)
 
     def renew(self, item_ids: Sequence[int], node_id: str, lease_s: float = LEASE_S,
               now: float | None = None) -> int:
@@ -81,8 +68,8 @@ class PgOutbox:
 
     def rows(self, job_id: int | None = None) -> list[DeliveryRow]:
         if job_id is None:
-            return [_row(r) for r in self._db.rows("SELECT * FROM outbox ORDER BY id")]
-        return [_row(r) for r in self._db.rows("SELECT * FROM outbox WHERE job_id=%s ORDER BY id", (job_id,))]
+            return [rows.delivery(r) for r in self._db.rows("SELECT * FROM outbox ORDER BY id")]
+        return [rows.delivery(r) for r in self._db.rows("SELECT * FROM outbox WHERE job_id=%s ORDER BY id", (job_id,))]
 
     def resend_dead(self, job_id: int) -> int:
         now = time.time()
@@ -97,7 +84,4 @@ class PgOutbox:
             (study_uid, DeliveryState.PENDING, DeliveryState.DEAD))]
 
     def counts(self) -> dict[DeliveryState, int]:
-        out = dict.fromkeys(DeliveryState, 0)
-        for r in self._db.rows("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state"):
-            out[DeliveryState(r["state"])] = r["n"]
-        return out
+        return rows.counts(DeliveryState, self._db.rows("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state"))
