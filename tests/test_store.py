@@ -300,6 +300,13 @@ def test_a_worker_reads_through_a_read_only_store(store: Store, tmp_path: Path, 
         ro.close()
 
 
+def test_the_backend_implements_the_whole_interface(store: Store) -> None:
+    from node.store import JobStore, OutboxStore, StudyStore
+
+    assert isinstance(store, Store) and isinstance(store.studies, StudyStore)
+    assert isinstance(store.jobs, JobStore) and isinstance(store.outbox, OutboxStore)
+
+
 def test_ping_and_location_carry_no_secret(store: Store) -> None:
     store.ping()
     assert store.node_id == "node-a" and "password" not in store.location
