@@ -305,6 +305,13 @@ def test_a_worker_reads_through_a_read_only_store(store: Store, index_target: Pa
         ro.close()
 
 
+def test_the_backend_implements_the_whole_interface(store: Store) -> None:
+    from node.store import JobStore, OutboxStore, StudyStore
+
+    assert isinstance(store, Store) and isinstance(store.studies, StudyStore)
+    assert isinstance(store.jobs, JobStore) and isinstance(store.outbox, OutboxStore)
+
+
 def test_ping_and_location_carry_no_secret(store: Store) -> None:
     store.ping()
     assert store.node_id == "node-a" and "password" not in store.location
@@ -331,3 +338,27 @@ def test_sqlite_index_created_by_several_processes_at_once(tmp_path: Path) -> No
         assert list(pool.map(_open_and_close, [str(tmp_path)] * 8)) == [0] * 8
     with closing(sqlite3.connect(tmp_path / "index.sqlite3")) as c:
         assert c.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_no_database_access_outside_the_store() -> None:
+    """node/store owns persistence: no other module of the node imports a database driver or runs SQL."""
+    import ast
+    import re
+
+    node_dir = Path(__file__).resolve().parent.parent / "node"
+    drivers = {"sqlite3", "psycopg", "psycopg2", "psycopg_pool"}
+    sql = re.compile(r"^\s*(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE|BEGIN|COMMIT)\b", re.I)
+    offenders = []
+    for path in sorted(node_dir.rglob("*.py")):
+        if (node_dir / "store") in path.parents:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for n in ast.walk(tree):
+            names = ([a.name for a in n.names] if isinstance(n, ast.Import) else
+                     [n.module or ""] if isinstance(n, ast.ImportFrom) else [])
+            offenders += [f"{path.name}:{n.lineno} imports {m}" for m in names if m.split(".")[0] in drivers]
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and sql.match(n.value):
+                offenders.append(f"{path.name}:{n.lineno} holds SQL {n.value[:40]!r}")
+            if isinstance(n, ast.Attribute) and n.attr in ("execute", "executemany", "executescript"):
+                offenders.append(f"{path.name}:{n.lineno} calls .{n.attr}()")
+    assert offenders == []
