@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -70,14 +70,17 @@ class Db:
             self.conn.close()
 
     @contextmanager
-    def write(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    def write(self, pipeline: bool = False) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         """One transaction under this process's lock: COMMIT at the end, ROLLBACK on any exception.
-        PostgreSQL's commit is durable (synchronous_commit=on, the default) before it returns."""
+        PostgreSQL's commit is durable (synchronous_commit=on, the default) before it returns.
+        pipeline: statements (BEGIN too) are sent without waiting for each answer (libpq pipeline
+        mode); a fetch waits for everything sent before it. For hot paths: a round trip per fetch,
+        not per statement."""
         with self.lock:
             if self.conn.closed or self.conn.broken:
                 self.conn = self._connect()
             try:
-                with self.conn.transaction():
+                with self.conn.pipeline() if pipeline else nullcontext(), self.conn.transaction():
                     yield self.conn
             except psycopg.OperationalError as exc:
                 raise StoreUnavailable(f"index {self.location}: {exc}") from exc

@@ -20,6 +20,10 @@ from node.store.records import InstanceLocation, InstanceRecord, StudyBeingDelet
 from node.store.states import DeliveryState, JobState, StudyState
 
 
+class _Indexed(Exception):
+    """The instance is indexed already: add_instance rolls back and answers False."""
+
+
 def study_lock(c: Any, study_uid: str) -> None:
     """Hold off every other publication or result deletion of the study until this transaction ends."""
     c.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS_STUDY, study_uid))
@@ -39,48 +43,58 @@ class PgStudies:
         self._db = db
 
     def add_instance(self, rec: InstanceRecord, source: str, calling_ae: str, now: float | None = None) -> bool:
+        # Ingest's hot path: three round trips (pipeline mode) plus the commit's WAL flush.
         now = time.time() if now is None else now
-        with self._db.write() as c:
-            if c.execute("SELECT 1 FROM instances WHERE sop_instance_uid=%s", (rec.sop_instance_uid,)).fetchone():
-                return False
-            c.execute(
-                "INSERT INTO studies (study_uid, patient_id, issuer_of_patient_id, patient_name,"
-                " patient_birth_date, patient_sex, accession_number, study_date, study_time, study_description,"
-                " specific_character_set, state, first_received, last_received)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (study_uid) DO NOTHING",
-                (rec.study_uid, rec.patient_id, rec.issuer_of_patient_id, rec.patient_name, rec.patient_birth_date,
-                 rec.patient_sex, rec.accession_number, rec.study_date, rec.study_time, rec.study_description,
-                 rec.specific_character_set, StudyState.RECEIVING, now, now))
-            study = c.execute("SELECT state FROM studies WHERE study_uid=%s FOR UPDATE", (rec.study_uid,)).fetchone()
-            if study["state"] == StudyState.DELETING:
-                raise StudyBeingDeleted(rec.study_uid)
-            if study["state"] != StudyState.RECEIVING:
-                c.execute("UPDATE studies SET state=%s, note=%s WHERE study_uid=%s",
-                          (StudyState.RECEIVING, "re-opened by new instances", rec.study_uid))
-                c.execute("UPDATE jobs SET state=%s, finished_at=%s, error=%s WHERE study_uid=%s AND state=%s",
-                          (JobState.SUPERSEDED, now, "new instances arrived before it ran", rec.study_uid,
-                           JobState.PENDING))
-            c.execute(
-                "INSERT INTO series (series_uid, study_uid, modality, sop_class_uid, series_number,"
-                " series_description, frame_of_reference_uid, number_of_slices, image_type, corrected_image,"
-                " units, first_received, last_received) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (series_uid) DO NOTHING",
-                (rec.series_uid, rec.study_uid, rec.modality, rec.sop_class_uid, rec.series_number,
-                 rec.series_description, rec.frame_of_reference_uid, rec.number_of_slices, rec.image_type,
-                 rec.corrected_image, rec.units, now, now))
-            inserted = c.execute(
-                "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid, transfer_syntax_uid,"
-                " instance_number, image_index, path, size_bytes, received_at, source, calling_ae)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (sop_instance_uid) DO NOTHING"
-                " RETURNING 1",
-                (rec.sop_instance_uid, rec.series_uid, rec.study_uid, rec.sop_class_uid, rec.transfer_syntax_uid,
-                 rec.instance_number, rec.image_index, rec.path, rec.size_bytes, now, source, calling_ae)).fetchone()
-            if inserted is None:  # another node indexed it meanwhile (a sender retried at another node)
-                return False
-            c.execute("UPDATE series SET instance_count=instance_count+1, last_received=%s WHERE series_uid=%s",
-                      (now, rec.series_uid))
-            c.execute("UPDATE studies SET instance_count=instance_count+1, last_received=%s WHERE study_uid=%s",
-                      (now, rec.study_uid))
+        try:
+            with self._db.write(pipeline=True) as c:
+                c.execute(
+                    "INSERT INTO studies (study_uid, patient_id, issuer_of_patient_id, patient_name,"
+                    " patient_birth_date, patient_sex, accession_number, study_date, study_time, study_description,"
+                    " specific_character_set, state, first_received, last_received)"
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (study_uid) DO NOTHING",
+                    (rec.study_uid, rec.patient_id, rec.issuer_of_patient_id, rec.patient_name,
+                     rec.patient_birth_date, rec.patient_sex, rec.accession_number, rec.study_date, rec.study_time,
+                     rec.study_description, rec.specific_character_set, StudyState.RECEIVING, now, now))
+                study = c.execute("SELECT state, EXISTS (SELECT 1 FROM instances WHERE sop_instance_uid=%s) AS dup"
+                                  " FROM studies WHERE study_uid=%s FOR UPDATE",
+                                  (rec.sop_instance_uid, rec.study_uid)).fetchone()
+                if study["dup"]:
+                    raise _Indexed  # rolled back: not even an empty study row stays
+                if study["state"] == StudyState.DELETING:
+                    raise StudyBeingDeleted(rec.study_uid)
+                if study["state"] != StudyState.RECEIVING:
+                    c.execute("UPDATE studies SET state=%s, note=%s WHERE study_uid=%s",
+                              (StudyState.RECEIVING, "re-opened by new instances", rec.study_uid))
+                    c.execute("UPDATE jobs SET state=%s, finished_at=%s, error=%s WHERE study_uid=%s AND state=%s",
+                              (JobState.SUPERSEDED, now, "new instances arrived before it ran", rec.study_uid,
+                               JobState.PENDING))
+                c.execute(
+                    "INSERT INTO series (series_uid, study_uid, modality, sop_class_uid, series_number,"
+                    " series_description, frame_of_reference_uid, number_of_slices, image_type, corrected_image,"
+                    " units, first_received, last_received) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                    " ON CONFLICT (series_uid) DO NOTHING",
+                    (rec.series_uid, rec.study_uid, rec.modality, rec.sop_class_uid, rec.series_number,
+                     rec.series_description, rec.frame_of_reference_uid, rec.number_of_slices, rec.image_type,
+                     rec.corrected_image, rec.units, now, now))
+                # The counts move only if the row went in (another node may have indexed it meanwhile).
+                inserted = c.execute(
+                    "WITH ins AS (INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,"
+                    " transfer_syntax_uid, instance_number, image_index, path, size_bytes, received_at, source,"
+                    " calling_ae) VALUES (%(sop)s,%(series)s,%(study)s,%(cls)s,%(ts)s,%(num)s,%(idx)s,%(path)s,"
+                    "%(size)s,%(now)s,%(source)s,%(ae)s) ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING 1),"
+                    " s AS (UPDATE series SET instance_count=instance_count+1, last_received=%(now)s"
+                    " WHERE series_uid=%(series)s AND EXISTS (SELECT 1 FROM ins) RETURNING 1),"
+                    " t AS (UPDATE studies SET instance_count=instance_count+1, last_received=%(now)s"
+                    " WHERE study_uid=%(study)s AND EXISTS (SELECT 1 FROM ins) RETURNING 1)"
+                    " SELECT (SELECT count(*) FROM ins) AS n",
+                    {"sop": rec.sop_instance_uid, "series": rec.series_uid, "study": rec.study_uid,
+                     "cls": rec.sop_class_uid, "ts": rec.transfer_syntax_uid, "num": rec.instance_number,
+                     "idx": rec.image_index, "path": rec.path, "size": rec.size_bytes, "now": now, "source": source,
+                     "ae": calling_ae}).fetchone()
+                if not inserted["n"]:
+                    raise _Indexed
+        except _Indexed:
+            return False
         return True
 
     def has_instance(self, sop_instance_uid: str) -> bool:
