@@ -64,8 +64,11 @@ def test_nodes_share_one_index_and_take_over_a_dead_nodes_job_and_deliveries(spl
         crash_at_send = {"IODINE_NODE_CRASH_AT": "export-recorded:1"}
         for name in ("node-a", "node-b", "node-c"):
             start(name, **crash_at_send)
-        assert nodes["node-a"].storescu(pet).returncode == 0  # the PET at node A
-        assert nodes["node-b"].storescu(ct).returncode == 0  # the CT of the same study at node B
+        # The CT of the study at node B, then its PET at node A. (PET first would let a busy machine
+        # see the PET complete with no CT yet: a job, superseded when the CT comes, as it should be;
+        # this test wants the study's one version.)
+        assert nodes["node-b"].storescu(ct).returncode == 0
+        assert nodes["node-a"].storescu(pet).returncode == 0
 
         def running() -> dict | None:
             found = rows(pg_dsn, "SELECT * FROM jobs WHERE study_uid=%s AND state='running'", (study_uid,))
