@@ -8,21 +8,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from node.store import rows
 from node.store.base import LEASE_S, PublishStep
 from node.store.records import Delivery, Job, LeaseLost
 from node.store.sqlite.db import Db
 from node.store.states import DeliveryState, JobState, StudyState
-
-
-def job_from_row(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"], kind=row["kind"], study_uid=row["study_uid"], state=JobState(row["state"]),
-        attempts=row["attempts"], created_at=row["created_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"], error=row["error"], payload=json.loads(row["payload"] or "{}"),
-        result=json.loads(row["result"]) if row["result"] else None,
-        warnings=json.loads(row["warnings"] or "[]"), superseded_by=row["superseded_by"],
-        lease_owner=row["lease_owner"], lease_expires_at=row["lease_expires_at"],
-    )
 
 
 def _end_superseded(c: sqlite3.Connection, job_id: int, superseded_by: int | None, now: float) -> None:
@@ -94,7 +84,7 @@ class SqliteJobs:
             c.execute("UPDATE jobs SET state=?, attempts=attempts+1, started_at=?, finished_at=NULL, error=NULL,"
                       " lease_owner=?, lease_expires_at=? WHERE id=?",
                       (JobState.RUNNING, now, node_id, now + lease_s, row["id"]))
-            return job_from_row(c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+            return rows.job(c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
 
     def renew(self, job_id: int, node_id: str, lease_s: float = LEASE_S, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -159,7 +149,7 @@ class SqliteJobs:
                 raise ValueError(f"job {job_id} was superseded: new instances of its study arrived")
             c.execute("UPDATE jobs SET state=?, error=NULL, finished_at=NULL, lease_owner=NULL, lease_expires_at=NULL"
                       " WHERE id=?", (JobState.PENDING, job_id))
-            return job_from_row(c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+            return rows.job(c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
 
     def recover_after_restart(self, node_id: str) -> int:
         # One node per SQLite index: every running job was this node's, whatever id it ran under.
@@ -174,13 +164,10 @@ class SqliteJobs:
 
     def get(self, job_id: int) -> Job | None:
         row = self._db.row("SELECT * FROM jobs WHERE id=?", (job_id,))
-        return None if row is None else job_from_row(row)
+        return None if row is None else rows.job(row)
 
     def recent(self, limit: int = 100) -> list[Job]:
-        return [job_from_row(r) for r in self._db.rows("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+        return [rows.job(r) for r in self._db.rows("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
 
     def counts(self) -> dict[JobState, int]:
-        out = dict.fromkeys(JobState, 0)
-        for r in self._db.rows("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-            out[JobState(r[0])] = r[1]
-        return out
+        return rows.counts(JobState, self._db.rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"))

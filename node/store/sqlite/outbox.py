@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 
+from node.store import rows as convert
 from node.store.base import LEASE_S
 from node.store.records import DeliveryRow, OutboxItem
 from node.store.sqlite.db import Db
 from node.store.states import DeliveryState
-
-
-def _row(r: sqlite3.Row) -> DeliveryRow:
-    return DeliveryRow(r["id"], r["job_id"], r["study_uid"], r["destination"], r["kind"], r["path"],
-                       r["sop_instance_uid"], r["sop_class_uid"], DeliveryState(r["state"]), r["attempts"],
-                       r["next_attempt_at"], r["created_at"], r["delivered_at"], r["last_error"], r["warning"],
-                       r["sha256"], r["lease_owner"], r["lease_expires_at"])
 
 
 class SqliteOutbox:
@@ -27,17 +20,13 @@ class SqliteOutbox:
               now: float | None = None) -> dict[str, list[OutboxItem]]:
         now = time.time() if now is None else now
         with self._db.write() as c:
-            rows = c.execute("SELECT * FROM outbox WHERE state=? AND next_attempt_at<=?"
-                             " AND (lease_expires_at IS NULL OR lease_expires_at<?) ORDER BY id LIMIT ?",
-                             (DeliveryState.PENDING, now, now, limit)).fetchall()
+            ids = [r[0] for r in c.execute("SELECT id FROM outbox WHERE state=? AND next_attempt_at<=?"
+                                           " AND (lease_expires_at IS NULL OR lease_expires_at<?) ORDER BY id LIMIT ?",
+                                           (DeliveryState.PENDING, now, now, limit))]
             c.executemany("UPDATE outbox SET lease_owner=?, lease_expires_at=? WHERE id=?",
-                          [(node_id, now + lease_s, r["id"]) for r in rows])
-        out: dict[str, list[OutboxItem]] = {}
-        for r in rows:
-            out.setdefault(r["destination"], []).append(OutboxItem(
-                r["id"], r["job_id"], r["study_uid"], r["destination"], r["kind"], r["path"], r["sop_instance_uid"],
-                r["sop_class_uid"], r["attempts"], r["created_at"], r["sha256"], node_id, now + lease_s))
-        return out
+                          [(node_id, now + lease_s, i) for i in ids])
+            claimed = [c.execute("SELECT * FROM outbox WHERE id=?", (i,)).fetchone() for i in ids]
+        return convert.claimed(claimed)
 
     def renew(self, item_ids: Sequence[int], node_id: str, lease_s: float = LEASE_S,
               now: float | None = None) -> int:
@@ -68,8 +57,9 @@ class SqliteOutbox:
 
     def rows(self, job_id: int | None = None) -> list[DeliveryRow]:
         if job_id is None:
-            return [_row(r) for r in self._db.rows("SELECT * FROM outbox ORDER BY id")]
-        return [_row(r) for r in self._db.rows("SELECT * FROM outbox WHERE job_id=? ORDER BY id", (job_id,))]
+            return [convert.delivery(r) for r in self._db.rows("SELECT * FROM outbox ORDER BY id")]
+        return [convert.delivery(r) for r in self._db.rows("SELECT * FROM outbox WHERE job_id=? ORDER BY id",
+                                                           (job_id,))]
 
     def resend_dead(self, job_id: int) -> int:
         now = time.time()
@@ -83,7 +73,4 @@ class SqliteOutbox:
                                             (study_uid, DeliveryState.PENDING, DeliveryState.DEAD))]
 
     def counts(self) -> dict[DeliveryState, int]:
-        out = dict.fromkeys(DeliveryState, 0)
-        for r in self._db.rows("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
-            out[DeliveryState(r[0])] = r[1]
-        return out
+        return convert.counts(DeliveryState, self._db.rows("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state"))

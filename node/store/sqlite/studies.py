@@ -6,7 +6,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from node.completion import SeriesSnapshot, StudySnapshot
+from node.completion import StudySnapshot
+from node.store import rows
 from node.store.records import InstanceLocation, InstanceRecord, StudyBeingDeleted, StudyInfo
 from node.store.sqlite.db import Db
 from node.store.states import DeliveryState, JobState, StudyState
@@ -104,11 +105,7 @@ class SqliteStudies:
 
     def study_info(self, study_uid: str) -> StudyInfo | None:
         r = self._db.row("SELECT * FROM studies WHERE study_uid=?", (study_uid,))
-        if r is None:
-            return None
-        return StudyInfo(r["study_uid"], StudyState(r["state"]), r["patient_id"] or "", r["issuer_of_patient_id"] or "",
-                         r["study_date"] or "", r["first_received"], r["last_received"], r["instance_count"],
-                         r["note"])
+        return None if r is None else rows.study_info(r)
 
     def studies_in_state(self, state: StudyState) -> list[str]:
         return [r[0] for r in self._db.rows("SELECT study_uid FROM studies WHERE state=? ORDER BY first_received",
@@ -130,18 +127,8 @@ class SqliteStudies:
                               (study_uid,)).fetchone()
             if study is None:
                 return None
-            series = c.execute(
-                "SELECT s.series_uid, s.modality, s.frame_of_reference_uid, s.instance_count, s.last_received,"
-                " s.number_of_slices, s.series_description, COUNT(DISTINCT i.image_index) AS d,"
-                " MIN(i.image_index) AS mn, MAX(i.image_index) AS mx"
-                " FROM series s LEFT JOIN instances i ON i.series_uid = s.series_uid"
-                " WHERE s.study_uid=? GROUP BY s.series_uid", (study_uid,)).fetchall()
-        return StudySnapshot(
-            study_uid, study["first_received"], study["last_received"],
-            tuple(SeriesSnapshot(r["series_uid"], r["modality"] or "", r["frame_of_reference_uid"] or "",
-                                 r["instance_count"], r["last_received"], r["number_of_slices"], r["d"], r["mn"],
-                                 r["mx"], r["series_description"] or "") for r in series),
-        )
+            series = c.execute(rows.SNAPSHOT_SERIES_SQL.format(p="?"), (study_uid,)).fetchall()
+        return rows.study_snapshot(study_uid, study, series)
 
     def set_study_state(self, study_uid: str, state: StudyState, note: str | None,
                         expect_last_received: float | None = None) -> bool:
