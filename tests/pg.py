@@ -80,6 +80,17 @@ class PostgresServer:
         subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate",
                         "stop"], capture_output=True, check=False, timeout=60)
 
+    def start(self) -> None:
+        """(Re)start the stopped server on its port; returns once it accepts connections."""
+        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.datadir} " \
+                  "-c max_connections=200 -c fsync=on"
+        started = subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l",
+                                  str(self.datadir.parent / "server.log"), "-o", options, "-w", "-t", "120", "start"],
+                                 capture_output=True, text=True, check=False, timeout=180)
+        if started.returncode != 0:
+            raise AssertionError(f"pg_ctl start failed ({started.returncode}):\n{started.stdout}\n{started.stderr}\n"
+                                 f"{self.log()}")
+
 
 def start_postgres(base: Path) -> PostgresServer:
     """initdb + start on a free loopback port; waits until the server accepts a login."""
@@ -103,17 +114,10 @@ def start_postgres(base: Path) -> PostgresServer:
     pwfile.unlink()
     if init.returncode != 0:
         raise AssertionError(f"initdb failed ({init.returncode}):\n{init.stdout}\n{init.stderr}")
-    port = free_port()
     # Loopback TCP only, the socket in the data dir (not /var/run/postgresql, absent on a fresh machine).
-    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={datadir} " \
-              "-c max_connections=200 -c fsync=on"
-    start = subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(base / "server.log"),
-                            "-o", options, "-w", "-t", "120", "start"],
-                           capture_output=True, text=True, check=False, timeout=180)
-    server = PostgresServer(bindir, datadir, port, user, password, prefix)
-    if start.returncode != 0:
-        raise AssertionError(f"pg_ctl start failed ({start.returncode}):\n{start.stdout}\n{start.stderr}\n"
-                             f"{server.log()}")
+    server = PostgresServer(bindir, datadir, free_port(), user, password, prefix)
+    server.start()
+    port = server.port
 
     def accepts() -> bool:
         try:

@@ -114,3 +114,31 @@ def test_nodes_share_one_index_and_take_over_a_dead_nodes_job_and_deliveries(spl
         for n in nodes.values():
             n.stop()
         receiver.stop()
+
+
+def test_ingest_answers_retry_later_while_postgresql_is_down(phantom_factory, tmp_path: Path) -> None:
+    """The index server stops: C-STOREs are refused with 0xA700 (the sender retries), nothing is left
+    on disk for them, and once the server is back the same node stores again without a restart."""
+    from tests.pg import postgres_server
+
+    ph = phantom_factory(seed=1, vendor="siemens", noise=0.15)
+    first, second, third = ph.ct_files[0], ph.ct_files[1], ph.ct_files[2]
+    with postgres_server() as server:
+        n = NodeProcess(tmp_path / "node", {"storage": {"min_free_gb": 0},
+                                            "index": {"backend": "postgresql", "dsn_env": DSN_ENV}},
+                        {DSN_ENV: server.dsn()}).start()
+        try:
+            assert n.storescu([first]).returncode == 0
+            server.stop()
+            refused = n.storescu([second], "-v")
+            # dcmtk names the 0xA7xx statuses "Refused: OutOfResources" (PS3.4 B.2.3)
+            assert "Refused: OutOfResources" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+            assert not list((n.root / "studies").rglob(f"{pydicom.dcmread(second).SOPInstanceUID}.dcm"))
+            assert not any((n.root / "spool" / "tmp").iterdir())
+            server.start()
+            assert n.storescu([third]).returncode == 0
+            assert n.proc is not None and n.proc.poll() is None
+            indexed = {r["sop_instance_uid"] for r in rows(server.dsn(), "SELECT sop_instance_uid FROM instances")}
+            assert indexed == {str(pydicom.dcmread(f).SOPInstanceUID) for f in (first, third)}
+        finally:
+            n.stop()
