@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from bench.accuracy import evaluate, summarise
+from node.assemble import quantify_files
+from node.output.document import results_document
+from node.output.files import write_results
 from node.quant.measure import classify
 from node.quant.recovery import DEFAULT_CURVE_MM, rc_at
-from node.quant.study import QuantSettings, quantify_files, results_document, write_results
+from node.quant.study import QuantSettings
 
 NOISE = 0.30  # soft-tissue CoV of a late, count-poor 124I scan
 

@@ -15,11 +15,11 @@ tissue around the lesion: sites configure their own curve (`quantification.recov
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import numpy as np
 
-from node.quant.measure import Lesion
+from node.quant.models import Lesion
 
 DEFAULT_CURVE_MM: tuple[tuple[float, float], ...] = ((8.5, 0.43), (19.4, 0.72))
 
@@ -29,7 +29,7 @@ def best_size(lesion: Lesion) -> tuple[float, str]:
         return float(lesion.ct_diameter_mm), "ct"
     if lesion.sphere is not None and lesion.sphere.resolved:
         return 2 * lesion.sphere.radius_mm, "sphere_fit"
-    return (6 * lesion.volume_ml * 1000 / math.pi) ** (1 / 3), "volume"
+    return lesion.equivalent_diameter_mm, "volume"
 
 
 def rc_at(curve: tuple[tuple[float, float], ...], diameter_mm: float) -> float:
@@ -41,7 +41,7 @@ def rc_at(curve: tuple[tuple[float, float], ...], diameter_mm: float) -> float:
 
 def recovery(lesion: Lesion, curve: tuple[tuple[float, float], ...]) -> dict[str, float | str] | None:
     """The contract's `recovery` object of a metastasis or remnant (None for physiological uptake)."""
-    if lesion.label not in ("metastasis", "remnant"):
+    if not lesion.label.followed:
         return None
     size, source = best_size(lesion)
     rc = rc_at(curve, size)
@@ -53,4 +53,4 @@ def recovery(lesion: Lesion, curve: tuple[tuple[float, float], ...]) -> dict[str
 def with_recovery(lesions: list[Lesion], curve: tuple[tuple[float, float], ...] | None) -> list[Lesion]:
     if not curve:
         return lesions
-    return [Lesion(**{**les.__dict__, "recovery": recovery(les, curve)}) for les in lesions]
+    return [replace(les, recovery=recovery(les, curve)) for les in lesions]
