@@ -114,7 +114,7 @@ def suv_volume(pet: Sequence[Dataset], settings: SuvSettings, pixels: PixelSourc
 
 def quantify_series(pet: Sequence[Dataset], ct: Sequence[Dataset] | None, settings: QuantSettings,
                     pixels: PixelSource = dataset_pixels) -> SeriesResult:
-    """The pure pipeline over datasets; `pixels` gives a dataset's pixel array (node.volume.assemble)."""
+    """The pure pipeline over datasets; `pixels` gives a dataset's pixel array (node.quant.volume.assemble)."""
     seconds: dict[str, float] = {}
     warnings: list[str] = []
     nodules: list[CtNodule] = []
