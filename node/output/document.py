@@ -5,6 +5,7 @@ lesion table (lesions.csv), built from the quantification's models. Pure: node.o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -55,8 +56,9 @@ def results_document(result: SeriesResult, settings: QuantSettings, notes: Seque
             "percent_injected_activity_recovered": _round(les.percent_injected_activity_recovered, 6),
             "lesion_to_background": _round(les.lesion_to_background), "background_suv": _round(les.background_suv),
             "mean_hu": _round(les.mean_hu, 1), "iodine_avid": les.iodine_avid, "voxels": les.voxels,
-            "partial_volume_corrected": les.partial_volume,
-            "recovery": les.recovery,
+            "partial_volume_corrected": None if les.partial_volume is None else asdict(les.partial_volume),
+            "recovery": None if les.recovery is None else {**asdict(les.recovery),
+                                                           "size_source": les.recovery.size_source.value},
             "suv_typed": None if type_ratio is None else {
                 "type": suv_type, "suv_max": _round(les.suv_max * type_ratio),
                 "suv_peak": _round(les.suv_peak * type_ratio), "suv_mean": _round(les.suv_mean * type_ratio)},

@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from node.quant.detect import Focus
 from node.quant.landmarks import Landmarks
-from node.quant.models import Lesion, LesionLabel, Site
+from node.quant.models import Lesion, LesionLabel, PartialVolume, Site
 from node.quant.sphere import SphereFit, fit_sphere
 from node.quant.volume import Volume
 
@@ -206,7 +206,7 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
         pvc = None
         if recovery:
             rc = recovery_coefficient(recovery, volume_ml)
-            pvc = {"recovery_coefficient": rc, "suv_max": suv_max / rc, "activity_mbq": activity_bq / 1e6 / rc}
+            pvc = PartialVolume(recovery_coefficient=rc, suv_max=suv_max / rc, activity_mbq=activity_bq / 1e6 / rc)
         out.append(Lesion(
             id=0, label=label, site=site, centroid_mm=tuple(round(float(c), 2) for c in centroid),
             volume_ml=volume_ml, suv_max=suv_max, suv_peak=float(peak_map[mask].max()), suv_mean=suv_mean,

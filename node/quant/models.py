@@ -83,6 +83,34 @@ class Detection(StrEnum):
     CT = "ct"  # a solid nodule found on CT, measured on PET at its site (node.quant.ctlesions)
 
 
+class SizeSource(StrEnum):
+    """Where a lesion's best size comes from (node.quant.recovery.best_size)."""
+
+    CT = "ct"  # the CT nodule's diameter
+    SPHERE_FIT = "sphere_fit"  # the blurred-sphere fit, when it resolved the lesion
+    VOLUME = "volume"  # the equivalent sphere of the delineated volume
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """Partial-volume recovery by the best size, beside the measured values (results.json `recovery`)."""
+
+    size_mm: float
+    size_source: SizeSource
+    recovery_coefficient: float
+    suv_max_corrected: float
+    activity_mbq_corrected: float
+
+
+@dataclass(frozen=True)
+class PartialVolume:
+    """Recovery by the delineated volume from a site's sphere table (results.json `partial_volume_corrected`)."""
+
+    recovery_coefficient: float
+    suv_max: float
+    activity_mbq: float
+
+
 @dataclass(frozen=True)
 class Lesion:
     id: int
@@ -104,13 +132,13 @@ class Lesion:
     voxels: int
     elongation: float
     mask_label: int  # the focus' value in the label volume
-    partial_volume: dict[str, float] | None = None
+    partial_volume: PartialVolume | None = None
     activity_recovered_mbq: float | None = None  # spill-out recovered (enlarged VOI), at scan time
     sphere: SphereFit | None = None  # blurred-sphere fit: size without a threshold (dosimetry mass)
     percent_injected_activity_recovered: float | None = None
     detection: Detection = Detection.PET
     ct_diameter_mm: float | None = None
-    recovery: dict[str, float | str] | None = None  # partial-volume recovery by the best size (node.quant.recovery)
+    recovery: Recovery | None = None  # partial-volume recovery by the best size (node.quant.recovery)
 
     @property
     def found_on_ct(self) -> bool:
