@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -232,3 +233,16 @@ def test_sc_pixels_match_the_reference_page(encoded) -> None:
     different = np.argwhere((page != reference).any(axis=2))
     assert different.size == 0, f"{len(different)} pixels differ, first at (row, column) {different[0].tolist()}"
     assert np.array_equal(pydicom.dcmread(files["sc"]).pixel_array, reference)
+
+
+def test_building_objects_leaves_the_document_alone(encoded) -> None:
+    """Tracking identities are settled in a new document (the one written as results.json); the document
+    handed in is not changed, and the SEG carries the new document's identities."""
+    _, result, doc, _, _ = encoded(vendor="siemens")
+    before = json.dumps(doc, sort_keys=True, default=str)
+    objects = build_objects(result, doc, QuantSettings())
+    assert json.dumps(doc, sort_keys=True, default=str) == before
+    assert all(les["tracking_uid"] is None for les in doc["lesions"])
+    settled = {les["id"]: (les["tracking_uid"], les["tracking_id"]) for les in objects.document["lesions"]}
+    seg = dict(objects.datasets)["seg"]
+    assert settled == {d.SegmentNumber: (d.TrackingUID, d.TrackingID) for d in seg.SegmentSequence}
