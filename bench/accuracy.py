@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import OUT  # noqa: E402
+from node.assemble import quantify_files  # noqa: E402
 from node.phantom import PhantomOptions, generate_phantom  # noqa: E402
-from node.quant.study import QuantSettings, quantify_files  # noqa: E402
+from node.quant.study import QuantSettings  # noqa: E402
 
 MATCH_MM = 10.0
 BANDS = ("< 10 mm", "10-19 mm", ">= 20 mm")

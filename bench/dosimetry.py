@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from node.assemble import quantify_files  # noqa: E402
 from node.compare.dosimetry import (  # noqa: E402
     I124_HALF_LIFE_H,
     I131_HALF_LIFE_H,
@@ -34,8 +35,9 @@ from node.compare.dosimetry import (  # noqa: E402
     lesion_dose,
 )
 from node.compare.study import ScanView, ct_on_coarse_grid, relate_scans  # noqa: E402
+from node.output.document import results_document  # noqa: E402
 from node.phantom import PhantomOptions, generate_phantom  # noqa: E402
-from node.quant.study import QuantSettings, quantify_files, results_document  # noqa: E402
+from node.quant.study import QuantSettings  # noqa: E402
 
 
 def nearest(regions: list[dict], centre: list[float]) -> dict:

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from node.assemble import quantify_files  # noqa: E402
 from node.compare.matching import LOST, ONLY_LOWER  # noqa: E402
 from node.compare.study import (  # noqa: E402
     ComparisonSettings,
@@ -39,9 +40,10 @@ from node.compare.study import (  # noqa: E402
     ct_on_coarse_grid,
     pair_scans,
 )
+from node.output.document import results_document  # noqa: E402
 from node.phantom import PhantomOptions, generate_phantom  # noqa: E402
 from node.phantom.anatomy import Kinetics  # noqa: E402
-from node.quant.study import QuantSettings, quantify_files, results_document  # noqa: E402
+from node.quant.study import QuantSettings  # noqa: E402
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "phantom": {"uptake_h": (24.0, 24.0), "factors": None},

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import OUT, phantom  # noqa: E402
-from node.quant.study import QuantSettings, quantify_files, results_document  # noqa: E402
+from node.assemble import quantify_files  # noqa: E402
+from node.output.document import results_document  # noqa: E402
+from node.quant.study import QuantSettings  # noqa: E402
 
 
 def main() -> int:
@@ -37,10 +39,11 @@ def main() -> int:
     print(f"  peak RSS {peak_mb:6.0f} MB  (target <= 1500 MB)")
     import tempfile
 
-    from node.encode.objects import build_objects, write_objects
+    from node.encode.objects import build_objects
+    from node.output.files import write_objects
 
     t = time.perf_counter()
-    objects = build_objects(result, doc, QuantSettings())
+    objects = build_objects(result, doc, QuantSettings()).datasets
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_objects(Path(tmp), objects)
         encode_s = time.perf_counter() - t

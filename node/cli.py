@@ -111,20 +111,20 @@ def _dicom_files(root: Path) -> list[Path]:
 
 
 def _cmd_suv(args: argparse.Namespace) -> int:
-    import numpy as np
-    import pydicom
     import SimpleITK as sitk
 
-    from node.quant.study import settings_from_config
-    from node.quant.suv import SuvError, compute_suv
-    from node.quant.volume import VolumeError, assemble
+    from node.assemble import file_pixels, read_header
+    from node.quant.study import settings_from_config, suv_volume
+    from node.quant.suv import SuvError
+    from node.quant.suvtypes import UNITS, ratio_to_bw
+    from node.quant.volume import VolumeError
 
     config = _load(args)
     if config is None:
         return EXIT_USAGE
     files = _dicom_files(Path(args.series_dir))
     try:
-        datasets = [pydicom.dcmread(f) for f in files]
+        datasets = [read_header(f) for f in files]
     except Exception as exc:  # noqa: BLE001 - reported with the folder
         print(f"iodine-node suv: {args.series_dir}: cannot read DICOM: {exc}", file=sys.stderr)
         return 1
@@ -134,21 +134,12 @@ def _cmd_suv(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        volume, order = assemble(datasets, f"series in {args.series_dir}")
-        ordered = [datasets[i] for i in order]
-        calc = compute_suv(ordered, settings_from_config(config.quantification).suv)
+        suv, _, calc = suv_volume(datasets, settings_from_config(config.quantification).suv, file_pixels,
+                                  suv_type=args.type, label=f"series in {args.series_dir}")
+        ratio = ratio_to_bw(calc.patient, args.type)
     except (VolumeError, SuvError) as exc:
         print(f"iodine-node suv: {exc}", file=sys.stderr)
         return 1
-    from node.quant.suvtypes import UNITS, ratio_to_bw
-
-    try:
-        ratio = ratio_to_bw(calc.patient, args.type)
-    except SuvError as exc:
-        print(f"iodine-node suv: {exc}", file=sys.stderr)
-        return 1
-    suv = volume.with_array(volume.array * (np.asarray(calc.factors, np.float64) * ratio).astype(np.float32)[:, None,
-                                                                                                            None])
     sitk.WriteImage(suv.to_sitk(), str(args.output))
     factors = sorted(set(calc.factors))
     print(f"SUVbw factor: {factors[0]:.10g}" + (f" .. {factors[-1]:.10g} (per slice)" if len(factors) > 1 else "")
@@ -165,7 +156,9 @@ def _cmd_suv(args: argparse.Namespace) -> int:
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
-    from node.quant.study import StudyError, group_by_study, process_study, settings_from_config, write_study_outputs
+    from node.assemble import group_by_study, process_study
+    from node.output.files import write_study_outputs
+    from node.quant.study import StudyError, settings_from_config
     from node.quant.suv import SuvError
     from node.quant.volume import VolumeError
     from node.uids import is_valid_uid

@@ -21,19 +21,14 @@ from typing import Any
 
 import pydicom
 
+from node.assemble import SeriesFiles, process_study, suv_volume_of
 from node.compare.priors import retrieve_priors, was_retrieved
 from node.compare.register import coarse
 from node.compare.study import ComparisonSettings, ScanView, ct_on_coarse_grid, inherit_tracking, relate_scans
 from node.crashpoints import crash_point
 from node.encode.identity import inputs_digest
 from node.encode.sc import PriorView
-from node.quant.study import (
-    QuantSettings,
-    SeriesFiles,
-    StudyError,
-    process_study,
-    suv_volume_of,
-)
+from node.quant.study import QuantSettings, StudyError
 from node.quant.suv import SuvError
 from node.quant.volume import VolumeError
 from node.results_store import new_staging, publish, stage_outputs
@@ -208,8 +203,8 @@ def _prior_doc(storage_root: Path, conn: Store, uid: str, quant: QuantSettings, 
         # No job of its own publishes it: published here (atomically, like a job's results) for reuse.
         staging = new_staging(storage_root, uid)
         stage_outputs(staging, results, quant)
-        publish(storage_root, uid, staging, f"prior-{os.getpid()}-{time.time_ns()}")
-        doc = results[0][1]
+        published = publish(storage_root, uid, staging, f"prior-{os.getpid()}-{time.time_ns()}")
+        doc = json.loads((published / "results.json").read_text(encoding="utf-8"))  # with its tracking UIDs
     if not doc.get("reference_datetime") or not doc.get("injection_datetime") or not doc.get("injected_activity_bq"):
         return None
     return doc if _in_window(datetime.fromisoformat(doc["reference_datetime"]), reference, window_s) else None

@@ -62,19 +62,10 @@ def fsync_tree(path: Path) -> None:
 
 def stage_outputs(staging: Path, results: Sequence[tuple[Any, dict[str, Any]]], settings: Any, prior: Any = None,
                   inputs_digest: str = "") -> list[Path]:
-    """results.json + lesions.csv + the DICOM objects of the primary PET series in `staging`, further
-    series in staging/<PET SeriesInstanceUID>/, all fsynced; returns the files written."""
-    from node.encode.objects import build_objects, write_objects
-    from node.quant.study import QuantSettings, write_results
+    """The results (node.output.files.write_outputs) written into `staging` and fsynced; returns the files."""
+    from node.output.files import write_outputs
 
-    written: list[Path] = []
-    for n, (result, doc) in enumerate(results):
-        target = staging if n == 0 else staging / result.pet_series_uid
-        # Objects first: they settle each lesion's tracking UID, which results.json then records.
-        objects = build_objects(result, doc, settings or QuantSettings(), prior if n == 0 else None,
-                                inputs_digest=inputs_digest)
-        written += write_results(target, doc)
-        written += write_objects(target, objects)
+    written = write_outputs(staging, results, settings, prior, inputs_digest)
     fsync_tree(staging)
     return written
 

@@ -73,13 +73,15 @@ def test_matching_with_gate_and_categories() -> None:
 
 @pytest.mark.slow
 def test_rigid_registration_of_two_visits(tmp_path) -> None:
+    from node.assemble import file_pixels
     from node.compare.register import register_rigid
     from node.phantom import PhantomOptions, generate_phantom
     from node.quant.volume import assemble, resample_like
 
     def ct_on_pet(ph):
         ct, _ = assemble([pydicom.dcmread(f) for f in ph.ct_files], "CT", dtype=np.int16)
-        pet, _ = assemble([pydicom.dcmread(f, stop_before_pixels=True) for f in ph.pet_files], "PET")
+        pet, _ = assemble([pydicom.dcmread(f, stop_before_pixels=True) for f in ph.pet_files], "PET",
+                          pixels=file_pixels)
         return resample_like(ct, pet, -1000.0)
 
     one = generate_phantom(tmp_path / "1", PhantomOptions(seed=4, noise=0.15))
@@ -98,9 +100,9 @@ def test_rigid_registration_of_two_visits(tmp_path) -> None:
 @pytest.mark.slow
 def test_pet_to_pet_registration_without_ct(tmp_path) -> None:
     """Without CT the SUV volumes are registered (PET-PET fallback): lesion centroids within 3 mm."""
+    from node.assemble import suv_volume_of
     from node.compare.register import coarse, register_rigid
     from node.phantom import PhantomOptions, generate_phantom
-    from node.quant.study import suv_volume_of
 
     errors_all = []
     for seed in (4, 5):

@@ -12,8 +12,9 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
+from node.assemble import quantify_files
 from node.cli import main
-from node.quant.study import QuantSettings, quantify_files
+from node.quant.study import QuantSettings
 from node.quant.volume import VolumeError, assemble
 
 VENDORS = ("siemens", "ge", "philips")

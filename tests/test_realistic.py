@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from bench.accuracy import evaluate, summarise
+from node.assemble import quantify_files
+from node.output.document import results_document
+from node.output.files import write_results
 from node.quant.measure import classify
 from node.quant.recovery import DEFAULT_CURVE_MM, rc_at
-from node.quant.study import QuantSettings, quantify_files, results_document, write_results
+from node.quant.study import QuantSettings
 
 NOISE = 0.30  # soft-tissue CoV of a late, count-poor 124I scan
 
@@ -113,7 +116,7 @@ def test_classify_rules_without_a_phantom() -> None:
 
 def test_recovery_by_best_size(seed2) -> None:
     _, result = seed2
-    with_ct_size = [les for les in result.lesions if les.recovery and les.recovery["size_source"] == "ct"]
+    with_ct_size = [les for les in result.lesions if les.recovery and les.recovery.size_source == "ct"]
     assert with_ct_size, "no lesion sized on CT"
     for les in result.lesions:
         if les.label.startswith("physiological"):
@@ -121,11 +124,11 @@ def test_recovery_by_best_size(seed2) -> None:
             continue
         rec = les.recovery
         assert rec is not None
-        assert rec["recovery_coefficient"] == pytest.approx(rc_at(DEFAULT_CURVE_MM, rec["size_mm"]), abs=2e-3)
-        assert rec["suv_max_corrected"] == pytest.approx(les.suv_max / rec["recovery_coefficient"], rel=1e-3)
+        assert rec.recovery_coefficient == pytest.approx(rc_at(DEFAULT_CURVE_MM, rec.size_mm), abs=2e-3)
+        assert rec.suv_max_corrected == pytest.approx(les.suv_max / rec.recovery_coefficient, rel=1e-3)
         if les.ct_diameter_mm:
-            assert rec["size_mm"] == pytest.approx(les.ct_diameter_mm)
+            assert rec.size_mm == pytest.approx(les.ct_diameter_mm)
     # Measured values are kept: the correction is beside them, never in place.
     avid_lung = [les for les in with_ct_size if les.detection == "pet"]
-    assert avid_lung and all(les.recovery["suv_max_corrected"] > les.suv_max for les in avid_lung)
+    assert avid_lung and all(les.recovery.suv_max_corrected > les.suv_max for les in avid_lung)
     assert math.isclose(rc_at(DEFAULT_CURVE_MM, 5.0), 0.43) and math.isclose(rc_at(DEFAULT_CURVE_MM, 30.0), 0.72)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 
-from node.encode.objects import build_objects, write_objects
+from node.assemble import quantify_files
+from node.encode.objects import build_objects
+from node.output.document import results_document
+from node.output.files import write_objects
 from node.quant.detect import DetectionSettings
-from node.quant.study import QuantSettings, quantify_files, results_document
+from node.quant.study import QuantSettings
 from tests.conftest import dciodvfy_errors
 
 
@@ -26,7 +31,7 @@ def encoded(phantom_factory, tmp_path_factory: pytest.TempPathFactory):
             ph = phantom_factory(**{"seed": 1, "noise": 0.15, **phantom})
             result = quantify_files(ph.pet_files, ph.ct_files, settings)
             doc = results_document(result, settings)
-            objects = build_objects(result, doc, settings)
+            objects = build_objects(result, doc, settings).datasets
             paths = write_objects(tmp_path_factory.mktemp("objects"), objects)
             cache[key] = (ph, result, doc, dict(zip([k for k, _ in objects], paths, strict=False)), paths)
         return cache[key]
@@ -135,14 +140,14 @@ def test_sc_marks_lesions_on_the_mip(encoded) -> None:
 
 def test_uids_are_deterministic_and_follow_settings(encoded, tmp_path: Path, phantom_factory) -> None:
     _, result, doc, files, _ = encoded(vendor="siemens")
-    again = build_objects(result, doc, QuantSettings())
+    again = build_objects(result, doc, QuantSettings()).datasets
     first = {k: pydicom.dcmread(p, stop_before_pixels=True) for k, p in files.items()}
     for kind, ds in again:
         if kind in first:
             assert ds.SOPInstanceUID == first[kind].SOPInstanceUID
             assert ds.SeriesInstanceUID == first[kind].SeriesInstanceUID
     changed = replace(QuantSettings(), avid=replace(QuantSettings().avid, lbr_threshold=5.0))
-    other = dict(build_objects(result, results_document(result, changed), changed))
+    other = dict(build_objects(result, results_document(result, changed), changed).datasets)
     assert other["sr"].SOPInstanceUID != first["sr"].SOPInstanceUID
     assert other["seg"].SeriesInstanceUID != first["seg"].SeriesInstanceUID
 
@@ -152,7 +157,7 @@ def test_zero_lesions_gives_sr_and_sc_but_no_seg(encoded) -> None:
     # No PET focus reaches the threshold and the CT nodule search is off: nothing to segment.
     nothing = QuantSettings(detection=DetectionSettings(min_peak_suv=1000.0), ct_nodules=False)
     _, result, _, files, paths = encoded(settings=nothing, vendor="siemens")
-    assert result.lesions == []
+    assert result.lesions == ()
     assert "seg" not in files and {p.name for p in paths} == {"sr.dcm", "sc-1.dcm"}
     for path in paths:
         assert dciodvfy_errors(path) == [], path.name
@@ -172,7 +177,8 @@ def test_zero_lesions_gives_sr_and_sc_but_no_seg(encoded) -> None:
 @pytest.mark.peer
 def test_many_lesions_get_a_second_page(encoded, tmp_path: Path) -> None:
     from node.encode.identity import ResultIdentity
-    from node.encode.sc import ROWS_PER_PAGE, build_sc
+    from node.encode.sc import build_sc
+    from node.encode.sc_render import ROWS_PER_PAGE
 
     _, result, doc, _, _ = encoded(vendor="siemens")
     copies = -(-(ROWS_PER_PAGE + 5) // len(result.lesions))
@@ -211,3 +217,32 @@ def test_sr_planar_point_on_the_suvmax_voxel_beside_each_volumetric_group(encode
         assert comment[0].TextValue == next(d.SegmentLabel for d in seg.SegmentSequence if d.TrackingUID == uid)
     colours = {tuple(d.RecommendedDisplayCIELabValue) for d in seg.SegmentSequence}
     assert 2 <= len(colours) <= 4  # one colour per kind of focus (avid, non-avid, remnant, physiological)
+
+
+def test_sc_pixels_match_the_reference_page(encoded) -> None:
+    """The page drawn by the renderer, and the SC image built around it, are the reference page pixel for
+    pixel (tests/data/sc-pages: rendered before the renderer and the IOD builder were split)."""
+    from PIL import Image
+
+    from node.encode.sc_render import render_pages
+
+    _, result, doc, files, _ = encoded(vendor="siemens")
+    reference = np.asarray(Image.open(Path(__file__).parent / "data" / "sc-pages" / "siemens-seed1-page1.png"))
+    page = render_pages(result, doc)[0]
+    assert page.shape == reference.shape == (1024, 1024, 3)
+    different = np.argwhere((page != reference).any(axis=2))
+    assert different.size == 0, f"{len(different)} pixels differ, first at (row, column) {different[0].tolist()}"
+    assert np.array_equal(pydicom.dcmread(files["sc"]).pixel_array, reference)
+
+
+def test_building_objects_leaves_the_document_alone(encoded) -> None:
+    """Tracking identities are settled in a new document (the one written as results.json); the document
+    handed in is not changed, and the SEG carries the new document's identities."""
+    _, result, doc, _, _ = encoded(vendor="siemens")
+    before = json.dumps(doc, sort_keys=True, default=str)
+    objects = build_objects(result, doc, QuantSettings())
+    assert json.dumps(doc, sort_keys=True, default=str) == before
+    assert all(les["tracking_uid"] is None for les in doc["lesions"])
+    settled = {les["id"]: (les["tracking_uid"], les["tracking_id"]) for les in objects.document["lesions"]}
+    seg = dict(objects.datasets)["seg"]
+    assert settled == {d.SegmentNumber: (d.TrackingUID, d.TrackingID) for d in seg.SegmentSequence}

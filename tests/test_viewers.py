@@ -22,8 +22,10 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
+from node.assemble import quantify_files
 from node.phantom import PhantomOptions, PhantomResult, generate_phantom
-from node.quant.study import QuantSettings, SeriesResult, quantify_files
+from node.quant.models import SeriesResult
+from node.quant.study import QuantSettings
 from tests.conftest import IN_CI, require_tool
 from tests.peers import NodeProcess, Orthanc, run_dcmtk, wait_for
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
+from node.assemble import read_volume
 from node.compare.context import Administration, TshSource, same_administration
 from node.compare.dosimetry import Z95, lesion_dose
 from node.compare.matching import AvidityRule, ChangeThresholds, Match, equivalent_radius_mm, match_lesions
@@ -23,7 +23,7 @@ from node.compare.priors import PriorQuery
 from node.compare.register import register_rigid
 from node.compare.repeatability import DEFAULT_VOXEL_MM, ChangeLimits, lesion_size_mm, noise_constant
 from node.compare.tsh import TRACKED_LABELS, compare_scans, time_point
-from node.quant.volume import Volume, assemble, resample_like
+from node.quant.volume import Volume, resample_like
 
 __all__ = [
     "ComparisonSettings",
@@ -108,7 +108,7 @@ class Pairing:
 def ct_on_coarse_grid(ct_paths: Sequence[Path], spacing_mm: float = 4.0) -> Volume:
     """A CT series on a grid of its own extent and orientation with `spacing_mm` voxels (enough for a
     rigid registration, and small)."""
-    ct, _ = assemble([pydicom.dcmread(p, stop_before_pixels=True) for p in ct_paths], "CT", dtype=np.int16)
+    ct, _ = read_volume(ct_paths, "CT", dtype=np.int16)
     extent = np.array(ct.array.shape[::-1]) * np.array(ct.spacing)
     shape = tuple(int(max(2, round(e / spacing_mm))) for e in extent[::-1])
     grid = Volume(np.empty(shape, np.uint8), ct.origin, (spacing_mm,) * 3, ct.direction)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from node.quant.models import Site
+
 # Private coding scheme for quantities with no standard concept (PS3.16 8.2: designators starting
 # with "99" are private); declared in each SR's Coding Scheme Identification Sequence.
 PRIVATE_SCHEME = "99IODINE"
@@ -109,14 +111,14 @@ ORGANS: dict[str, Code] = {
     "nasal mucosa": codes.SCT.Nose,  # 45206002
 }
 
-SITES: dict[str, Code] = {
-    "lung": codes.SCT.Lung,  # 39607008
-    "bone": codes.SCT.Bone,  # 272673000
-    "neck": codes.SCT.Neck,  # 45048000
-    "neck (level II)": codes.SCT.Neck, "neck (level VI)": codes.SCT.Neck,  # nodal levels (node.quant.measure)
-    "mediastinum / chest wall": codes.SCT.Mediastinum,  # 72410000
-    "abdomen / pelvis": codes.SCT.AbdomenAndPelvis,  # 818982008
-    "thyroid bed": codes.SCT.Thyroid,  # 69748006
+SITES: dict[str, Code] = {  # keyed by node.quant.models.Site (a str enum: its plain value finds it too)
+    Site.LUNG: codes.SCT.Lung,  # 39607008
+    Site.BONE: codes.SCT.Bone,  # 272673000
+    Site.NECK: codes.SCT.Neck,  # 45048000
+    Site.NECK_LEVEL_II: codes.SCT.Neck, Site.NECK_LEVEL_VI: codes.SCT.Neck,  # nodal levels (node.quant.measure)
+    Site.MEDIASTINUM: codes.SCT.Mediastinum,  # 72410000
+    Site.ABDOMEN_PELVIS: codes.SCT.AbdomenAndPelvis,  # 818982008
+    Site.THYROID_BED: codes.SCT.Thyroid,  # 69748006
 }
 
 # 124I PET/CT of the whole body (SCT 702767007 PET of whole body; the radionuclide is in the SR).

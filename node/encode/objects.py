@@ -1,9 +1,9 @@
-"""All result objects of one quantified PET series, written beside results.json."""
+"""All result objects of one quantified PET series (SEG, SR, SC pages), and the results document with
+each lesion's tracking identity settled; node.output writes both."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -13,30 +13,44 @@ from node.encode.identity import inputs_digest as inputs_digest_of
 from node.encode.sc import PriorView, build_sc
 from node.encode.seg import build_seg
 from node.encode.sr import build_sr
-from node.quant.study import QuantSettings, SeriesResult
+from node.quant.models import CT_DISPLAY, Detection, SeriesResult
+from node.quant.study import QuantSettings
 
 
-def settle_tracking(doc: dict[str, Any], identity: ResultIdentity) -> dict[int, tuple[str, str]]:
-    """{lesion id: (tracking UID, tracking identifier)}: inherited from an earlier scan when the lesion
-    was matched to one (set in doc by the comparison), else new; recorded in doc."""
-    out = {}
+def settle_tracking(doc: dict[str, Any], identity: ResultIdentity) -> dict[str, Any]:
+    """A copy of doc in which every lesion has a tracking UID and identifier: inherited from an earlier
+    scan when the lesion was matched to one (set by the comparison), else new."""
+    lesions = []
     for lesion in doc["lesions"]:
+        lesion = dict(lesion)
         if not lesion.get("tracking_uid"):
             lesion["tracking_uid"] = identity.tracking_uid(lesion["id"])
-            ct = " non-avid (CT)" if lesion.get("detection") == "ct" else ""  # the cross-team display text
+            ct = f" {CT_DISPLAY}" if lesion.get("detection") == Detection.CT else ""  # the cross-team display text
             lesion["tracking_id"] = f"Lesion {lesion['id']}{ct}"
-        out[lesion["id"]] = (lesion["tracking_uid"], lesion.get("tracking_id") or f"Lesion {lesion['id']}")
-    return out
+        lesions.append(lesion)
+    return {**doc, "lesions": lesions}
+
+
+def tracking_of(doc: dict[str, Any]) -> dict[int, tuple[str, str]]:
+    """{lesion id: (tracking UID, tracking identifier)} of a settled document."""
+    return {les["id"]: (les["tracking_uid"], les.get("tracking_id") or f"Lesion {les['id']}") for les in doc["lesions"]}
+
+
+@dataclass(frozen=True)
+class ResultObjects:
+    document: dict[str, Any]  # the results document with the tracking identities the objects carry
+    datasets: list[tuple[str, Dataset]]  # (kind, dataset): "seg", "sr", "sc" (one per page)
 
 
 def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSettings,
-                  prior: PriorView | None = None, inputs_digest: str = "") -> list[tuple[str, Dataset]]:
-    """[(kind, dataset)]: SEG (when there are foci), SR, one or more SC pages (a side-by-side page
+                  prior: PriorView | None = None, inputs_digest: str = "") -> ResultObjects:
+    """SEG (when there are foci), SR, one or more SC pages (a side-by-side page
     with the earlier scan first when `prior` is given). `inputs_digest` (encode.identity.inputs_digest:
     every input instance and prior used) goes into the UIDs; without it, the PET instances do."""
     identity = ResultIdentity(result.pet_series_uid, result.ct_series_uid, settings_digest(settings),
                               inputs_digest or inputs_digest_of(result.pet_sop_uids))
-    tracking = settle_tracking(doc, identity)
+    doc = settle_tracking(doc, identity)
+    tracking = tracking_of(doc)
     source = result.pet_headers[0]
     # Carried over so names keep their encoding. highdicom takes single values; a code-extension
     # set such as "\ISO 2022 IR 58" is applied after construction (pydicom encodes on write).
@@ -58,21 +72,4 @@ def build_objects(result: SeriesResult, doc: dict[str, Any], settings: QuantSett
     if original is not None and charset is None:
         for _, ds in out:
             ds.SpecificCharacterSet = list(original)
-    return out
-
-
-def write_objects(out_dir: Path, objects: Sequence[tuple[str, Dataset]]) -> list[Path]:
-    """seg.dcm, sr.dcm, sc-1.dcm, sc-2.dcm ... (names from the kind, never from DICOM values)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    pages = 0
-    for kind, ds in objects:
-        if kind == "sc":
-            pages += 1
-            name = f"sc-{pages}.dcm"
-        else:
-            name = f"{kind}.dcm"
-        path = out_dir / name
-        ds.save_as(path, enforce_file_format=True)
-        written.append(path)
-    return written
+    return ResultObjects(doc, out)

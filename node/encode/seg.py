@@ -16,44 +16,33 @@ from node.encode.identity import (
     SERIES_NUMBERS,
     ResultIdentity,
 )
-from node.quant.measure import Lesion
-from node.quant.study import SeriesResult
+from node.encode.style import lesion_rgb
+from node.quant.models import CT_DISPLAY, Lesion, LesionLabel, SeriesResult
 
 
 def segment_label(lesion: Lesion) -> str:
     """`Lesion 3 (lung, avid)`: what a viewer shows in its segment list (LO: 64 characters)."""
-    if lesion.label.startswith("physiological:"):
-        return f"Physiological {lesion.id} ({lesion.label.split(':', 1)[1]})"[:64]
-    kind = "Remnant" if lesion.label == "remnant" else "Lesion"
-    if getattr(lesion, "detection", "pet") == "ct":  # found on CT, no PET focus (node.quant.ctlesions)
-        return f"Lesion {lesion.id} ({lesion.site}, non-avid (CT))"[:64]
-    return f"{kind} {lesion.id} ({lesion.site}, {'avid' if lesion.iodine_avid else 'not avid'})"[:64]
+    if lesion.label.is_physiological:
+        return f"Physiological {lesion.id} ({lesion.label.organ})"[:64]
+    kind = "Remnant" if lesion.label == LesionLabel.REMNANT else "Lesion"
+    if lesion.found_on_ct:  # found on CT, no PET focus (node.quant.ctlesions)
+        return f"Lesion {lesion.id} ({lesion.site.value}, {CT_DISPLAY})"[:64]
+    return f"{kind} {lesion.id} ({lesion.site.value}, {'avid' if lesion.iodine_avid else 'not avid'})"[:64]
 
 
 def segment_codes(lesion: Lesion) -> tuple[object, object]:
     """(category, type) for the segment (PS3.16 CID 7150 / 7151)."""
-    if lesion.label.startswith("physiological:"):
-        organ = lesion.label.split(":", 1)[1]
-        return c.ANATOMICAL_STRUCTURE, c.ORGANS.get(organ, c.TISSUE)
-    if lesion.label == "remnant":
+    if lesion.label.organ is not None:
+        return c.ANATOMICAL_STRUCTURE, c.ORGANS.get(lesion.label.organ, c.TISSUE)
+    if lesion.label == LesionLabel.REMNANT:
         return c.TISSUE, c.THYROID
     return c.MORPHOLOGICALLY_ABNORMAL, c.LESION
 
 
-# Recommended display colours (PS3.3 C.8.20.2: CIELab), the SC page's colours so a lesion looks the
-# same in both: red avid metastasis, orange non-avid, purple remnant, blue physiological.
-SEGMENT_RGB = {"avid": (220, 20, 20), "non-avid": (230, 140, 0), "remnant": (170, 0, 170),
-               "physiological": (40, 90, 200)}
-
-
 def segment_colour(lesion: Lesion) -> hd.color.CIELabColor:
-    if lesion.label.startswith("physiological:"):
-        kind = "physiological"
-    elif lesion.label == "remnant":
-        kind = "remnant"
-    else:
-        kind = "avid" if lesion.iodine_avid else "non-avid"
-    return hd.color.CIELabColor.from_rgb(*SEGMENT_RGB[kind])
+    """Recommended display colour (PS3.3 C.8.20.2: CIELab): the SC page's, so a lesion looks the same in
+    both (node.encode.style)."""
+    return hd.color.CIELabColor.from_rgb(*lesion_rgb(lesion))
 
 
 def algorithm() -> hd.AlgorithmIdentificationSequence:

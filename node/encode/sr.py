@@ -18,16 +18,15 @@ from node.encode import codes as c
 from node.encode.identity import MANUFACTURER, MODEL, SERIES_DESCRIPTIONS, SERIES_NUMBERS, ResultIdentity
 from node.encode.planar import suvmax_voxel
 from node.encode.seg import segment_label
-from node.quant.measure import Lesion
-from node.quant.study import SeriesResult
+from node.quant.models import Lesion, LesionLabel, SeriesResult
 from node.uids import derive_uid
 
 
 def _finding(lesion: Lesion) -> tuple[object, list[hd.sr.FindingSite]]:
-    if lesion.label.startswith("physiological:"):
-        organ = c.ORGANS.get(lesion.label.split(":", 1)[1], c.TISSUE)
+    if lesion.label.organ is not None:
+        organ = c.ORGANS.get(lesion.label.organ, c.TISSUE)
         return organ, [hd.sr.FindingSite(organ)]
-    if lesion.label == "remnant":
+    if lesion.label == LesionLabel.REMNANT:
         return c.THYROID, [hd.sr.FindingSite(c.THYROID)]
     site = c.SITES.get(lesion.site)
     return c.LESION, [hd.sr.FindingSite(site)] if site else []

@@ -10,16 +10,17 @@ label volume, so the SEG shows it. The cross-team contract: results.json `detect
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
 
 from node.quant.ctnodules import CtNodule
 from node.quant.landmarks import Landmarks
-from node.quant.measure import BACKGROUND_SHELL_MM, ActivityScale, Lesion, peak_kernel
+from node.quant.measure import BACKGROUND_SHELL_MM, ActivityScale, peak_kernel, report_rank
+from node.quant.models import Detection, Lesion, LesionLabel, Site
 from node.quant.volume import Volume
 
-DISPLAY = "non-avid (CT)"
 OVERLAP_MARGIN_MM = 5.0  # a PET focus this close to the nodule's edge is the nodule seen on PET
 
 
@@ -48,8 +49,9 @@ def add_ct_lesions(suv_vol: Volume, labels: np.ndarray, lesions: list[Lesion], n
         if (covering > 0).any():
             # The nodule seen on PET: its CT diameter is the best size of that lesion (partial volume).
             hit = int(np.bincount(covering[covering > 0]).argmax())
-            out = [Lesion(**{**les.__dict__, "ct_diameter_mm": nod.diameter_mm})
-                   if les.mask_label == hit and les.label == "metastasis" and les.ct_diameter_mm is None else les
+            out = [replace(les, ct_diameter_mm=nod.diameter_mm)
+                   if les.mask_label == hit and les.label is LesionLabel.METASTASIS and les.ct_diameter_mm is None
+                   else les
                    for les in out]
             continue
         mask = d2 <= r**2
@@ -67,7 +69,8 @@ def add_ct_lesions(suv_vol: Volume, labels: np.ndarray, lesions: list[Lesion], n
         to_admin = math.exp(lam * scale.uptake_time_s) if scale.uptake_time_s is not None else None
         labels[mask & (labels == 0)] = next_label
         out.append(Lesion(
-            id=0, label="metastasis", site="lung", centroid_mm=tuple(round(float(v), 2) for v in nod.centre_mm),
+            id=0, label=LesionLabel.METASTASIS, site=Site.LUNG,
+            centroid_mm=tuple(round(float(v), 2) for v in nod.centre_mm),
             volume_ml=volume_ml, suv_max=suv_max, suv_peak=peak, suv_mean=suv_mean,
             total_lesion_uptake=suv_mean * volume_ml, activity_mbq=activity_bq / 1e6,
             activity_mbq_at_administration=activity_bq * to_admin / 1e6 if to_admin else None,
@@ -75,8 +78,7 @@ def add_ct_lesions(suv_vol: Volume, labels: np.ndarray, lesions: list[Lesion], n
                                        else None),
             lesion_to_background=suv_max / bg if bg > 0 else float("inf"), background_suv=bg,
             mean_hu=nod.mean_hu, iodine_avid=False, voxels=int(mask.sum()), elongation=1.0,
-            mask_label=next_label, detection="ct", ct_diameter_mm=nod.diameter_mm))
+            mask_label=next_label, detection=Detection.CT, ct_diameter_mm=nod.diameter_mm))
         next_label += 1
-    rank = {"metastasis": 0, "remnant": 1}
-    ordered = sorted(out, key=lambda les: (rank.get(les.label, 2), les.detection != "pet", -les.suv_max))
-    return labels, [Lesion(**{**les.__dict__, "id": i + 1}) for i, les in enumerate(ordered)]
+    ordered = sorted(out, key=lambda les: (report_rank(les.label), les.found_on_ct, -les.suv_max))
+    return labels, [replace(les, id=i + 1) for i, les in enumerate(ordered)]

@@ -22,13 +22,14 @@ Definitions:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 
 from node.quant.detect import Focus
 from node.quant.landmarks import Landmarks
+from node.quant.models import Lesion, LesionLabel, PartialVolume, Site
 from node.quant.sphere import SphereFit, fit_sphere
 from node.quant.volume import Volume
 
@@ -63,36 +64,6 @@ class ActivityScale:
     uptake_time_s: float | None
 
 
-@dataclass(frozen=True)
-class Lesion:
-    id: int
-    label: str
-    site: str
-    centroid_mm: tuple[float, float, float]
-    volume_ml: float
-    suv_max: float
-    suv_peak: float
-    suv_mean: float
-    total_lesion_uptake: float
-    activity_mbq: float
-    activity_mbq_at_administration: float | None
-    percent_injected_activity: float | None
-    lesion_to_background: float
-    background_suv: float
-    mean_hu: float | None
-    iodine_avid: bool
-    voxels: int
-    elongation: float
-    mask_label: int  # the focus' value in the label volume
-    partial_volume: dict[str, float] | None = None
-    activity_recovered_mbq: float | None = None  # spill-out recovered (enlarged VOI), at scan time
-    sphere: SphereFit | None = None  # blurred-sphere fit: size without a threshold (dosimetry mass)
-    percent_injected_activity_recovered: float | None = None
-    detection: str = "pet"  # "pet": a PET focus; "ct": a solid nodule found on CT, measured on PET at its site
-    ct_diameter_mm: float | None = None
-    recovery: dict[str, float | str] | None = None  # partial-volume recovery by the best size (node.quant.recovery)
-
-
 def peak_kernel(spacing_kji: tuple[float, float, float], radius_mm: float = PEAK_SPHERE_RADIUS_MM) -> np.ndarray:
     """Weights of each voxel's fraction inside a sphere (5^3 sub-samples), normalised to 1."""
     half = [int(np.ceil(radius_mm / s + 0.5)) for s in spacing_kji]
@@ -109,6 +80,11 @@ def _pad_box(mask_box: tuple[slice, ...], pad: tuple[int, ...], shape: tuple[int
     return tuple(slice(max(b.start - p, 0), min(b.stop + p, n)) for b, p, n in zip(mask_box, pad, shape, strict=True))
 
 
+def report_rank(label: LesionLabel) -> int:
+    """Reporting order: metastases, then the remnant, then physiological uptake."""
+    return {LesionLabel.METASTASIS: 0, LesionLabel.REMNANT: 1}.get(label, 2)
+
+
 def soft_tissue_reference(suv: np.ndarray, labels: np.ndarray, lm: Landmarks | None,
                           ct_hu: np.ndarray | None) -> float:
     """Median SUV of body soft tissue (CT -100..100 HU, outside lungs, bone and foci)."""
@@ -121,11 +97,11 @@ def soft_tissue_reference(suv: np.ndarray, labels: np.ndarray, lm: Landmarks | N
 
 
 def classify(centroid: np.ndarray, volume_ml: float, mean_hu: float | None, elongation: float,
-             lm: Landmarks | None, others: list[np.ndarray], in_lung: bool, in_bone: bool) -> tuple[str, str]:
+             lm: Landmarks | None, others: list[np.ndarray], in_lung: bool, in_bone: bool) -> tuple[LesionLabel, Site]:
     """(label, site) from anatomy: thyroid bed, salivary glands, stomach, bowel, kidneys, bladder."""
     x, y, z = (float(v) for v in centroid)
     if lm is None or lm.lung_apex_z is None or lm.lung_base_z is None:
-        return "metastasis", "unknown (no CT)"
+        return LesionLabel.METASTASIS, Site.UNKNOWN
     apex, base, mid = lm.lung_apex_z, lm.lung_base_z, lm.midline_x
     dx = x - mid
 
@@ -137,41 +113,42 @@ def classify(centroid: np.ndarray, volume_ml: float, mean_hu: float | None, elon
         # A salivary gland by position (lateral, above the lower neck) and size, not by symmetry: a
         # lone gland (the other destroyed by earlier 131I) is still a gland; a node is not.
         if abs(dx) > 20 and volume_ml >= SALIVARY_GLAND_MIN_ML and not in_bone:
-            return "physiological:salivary gland", "head and neck"
+            return LesionLabel.SALIVARY_GLAND, Site.HEAD_AND_NECK
         if abs(dx) < 15 and lm.trachea_xy is not None and y < lm.trachea_xy[1] - 30 and z > apex + 100:
-            return "physiological:nasal mucosa", "head"
+            return LesionLabel.NASAL_MUCOSA, Site.HEAD
     if lm.trachea_xy is not None and apex - 10 < z < apex + 70 and not in_bone:
         tx, ty = lm.trachea_xy
         # The thyroid bed lies in front of and beside the trachea, bounded behind by the
         # tracheo-oesophageal grooves at the trachea's posterolateral margin; what lies beside or behind
         # the trachea's centre line is in the groove: a central-compartment (level VI) node.
         if abs(x - tx) < THYROID_BED_HALF_WIDTH_MM:
-            return ("remnant", "thyroid bed") if y < ty else ("metastasis", "neck (level VI)")
+            return ((LesionLabel.REMNANT, Site.THYROID_BED) if y < ty
+                    else (LesionLabel.METASTASIS, Site.NECK_LEVEL_VI))
     if z < base + 40 and not in_bone:  # abdomen and pelvis
         if z < base - 250 and abs(dx) < 50 and volume_ml > 30 and mean_hu is not None and -30 < mean_hu < 40:
-            return "physiological:bladder", "pelvis"
+            return LesionLabel.BLADDER, Site.PELVIS
         # A kidney: paired, or alone when the focus has an organ's size (a kidney is 100-200 ml; its pole
         # cut by the field of view still tens of ml): after a nephrectomy, or with the other one not focal.
         if (base - 160 < z < base - 20 and 45 < abs(dx) < 120 and y > lm.body_centre_y + 15
                 and (partner(max_dz=60, tol_x=30) or volume_ml >= KIDNEY_MIN_ML)):
-            return "physiological:kidney", "retroperitoneum"
+            return LesionLabel.KIDNEY, Site.RETROPERITONEUM
         # The stomach lies in the left upper abdomen, anterior (kidneys are posterior).
         if base - 150 < z and dx > 10 and y < lm.body_centre_y and volume_ml > 15 and (mean_hu is None
                                                                                        or mean_hu < 100):
-            return "physiological:stomach", "upper abdomen"
+            return LesionLabel.STOMACH, Site.UPPER_ABDOMEN
         if z < base - 40 and elongation >= 2.0 and volume_ml > 5:
-            return "physiological:bowel", "abdomen"
+            return LesionLabel.BOWEL, Site.ABDOMEN
     if in_bone:
-        return "metastasis", "bone"
+        return LesionLabel.METASTASIS, Site.BONE
     if in_lung:
-        return "metastasis", "lung"
+        return LesionLabel.METASTASIS, Site.LUNG
     if z > apex + 50 and abs(dx) > 20:
-        return "metastasis", "neck (level II)"
+        return LesionLabel.METASTASIS, Site.NECK_LEVEL_II
     if z > apex:
-        return "metastasis", "neck"
+        return LesionLabel.METASTASIS, Site.NECK
     if z > base:
-        return "metastasis", "mediastinum / chest wall"
-    return "metastasis", "abdomen / pelvis"
+        return LesionLabel.METASTASIS, Site.MEDIASTINUM
+    return LesionLabel.METASTASIS, Site.ABDOMEN_PELVIS
 
 
 def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scale: ActivityScale,
@@ -220,7 +197,7 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
         others = [c for label, c in centroids.items() if label != focus.label]
         label, site = classify(centroid, volume_ml, mean_hu, elongation, lm, others, in_lung, in_bone)
         sphere, recovered_bq = None, None
-        if label in ("metastasis", "remnant"):  # followed over time: sized and dosed
+        if label.followed:  # followed over time: sized and dosed
             sphere, recovered_suv_ml = _sphere_and_recovered(suv_vol, box, mask, dist, labels, inside, centroid,
                                                              volume_ml, bg, margin_mm)
             recovered_bq = max(recovered_suv_ml * scale.decayed_activity_bq / scale.weight_g, activity_bq)
@@ -229,7 +206,7 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
         pvc = None
         if recovery:
             rc = recovery_coefficient(recovery, volume_ml)
-            pvc = {"recovery_coefficient": rc, "suv_max": suv_max / rc, "activity_mbq": activity_bq / 1e6 / rc}
+            pvc = PartialVolume(recovery_coefficient=rc, suv_max=suv_max / rc, activity_mbq=activity_bq / 1e6 / rc)
         out.append(Lesion(
             id=0, label=label, site=site, centroid_mm=tuple(round(float(c), 2) for c in centroid),
             volume_ml=volume_ml, suv_max=suv_max, suv_peak=float(peak_map[mask].max()), suv_mean=suv_mean,
@@ -238,16 +215,15 @@ def measure_lesions(suv_vol: Volume, labels: np.ndarray, foci: list[Focus], scal
             percent_injected_activity=(100.0 * at_admin / scale.injected_activity_bq if at_admin is not None
                                        else None),
             lesion_to_background=lbr, background_suv=bg, mean_hu=mean_hu,
-            iodine_avid=avid_flag if label in ("metastasis", "remnant") else False, voxels=n,
+            iodine_avid=avid_flag if label.followed else False, voxels=n,
             elongation=elongation, mask_label=focus.label, partial_volume=pvc,
             activity_recovered_mbq=recovered_bq / 1e6 if recovered_bq is not None else None, sphere=sphere,
             percent_injected_activity_recovered=(100.0 * recovered_bq * to_admin / scale.injected_activity_bq
                                                  if to_admin is not None and recovered_bq is not None else None),
         ))
     # Number lesions: metastases first (strongest first), then remnant, then physiological.
-    rank = {"metastasis": 0, "remnant": 1}
-    ordered = sorted(out, key=lambda les: (rank.get(les.label, 2), -les.suv_max))
-    numbered = [Lesion(**{**les.__dict__, "id": i + 1}) for i, les in enumerate(ordered)]
+    ordered = sorted(out, key=lambda les: (report_rank(les.label), -les.suv_max))
+    numbered = [replace(les, id=i + 1) for i, les in enumerate(ordered)]
     return numbered, reference
 
 

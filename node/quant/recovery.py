@@ -15,21 +15,21 @@ tissue around the lesion: sites configure their own curve (`quantification.recov
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import numpy as np
 
-from node.quant.measure import Lesion
+from node.quant.models import Lesion, Recovery, SizeSource
 
 DEFAULT_CURVE_MM: tuple[tuple[float, float], ...] = ((8.5, 0.43), (19.4, 0.72))
 
 
-def best_size(lesion: Lesion) -> tuple[float, str]:
+def best_size(lesion: Lesion) -> tuple[float, SizeSource]:
     if lesion.ct_diameter_mm:
-        return float(lesion.ct_diameter_mm), "ct"
+        return float(lesion.ct_diameter_mm), SizeSource.CT
     if lesion.sphere is not None and lesion.sphere.resolved:
-        return 2 * lesion.sphere.radius_mm, "sphere_fit"
-    return (6 * lesion.volume_ml * 1000 / math.pi) ** (1 / 3), "volume"
+        return 2 * lesion.sphere.radius_mm, SizeSource.SPHERE_FIT
+    return lesion.equivalent_diameter_mm, SizeSource.VOLUME
 
 
 def rc_at(curve: tuple[tuple[float, float], ...], diameter_mm: float) -> float:
@@ -39,18 +39,18 @@ def rc_at(curve: tuple[tuple[float, float], ...], diameter_mm: float) -> float:
     return float(np.interp(diameter_mm, d[order], rc[order]))
 
 
-def recovery(lesion: Lesion, curve: tuple[tuple[float, float], ...]) -> dict[str, float | str] | None:
+def recovery(lesion: Lesion, curve: tuple[tuple[float, float], ...]) -> Recovery | None:
     """The contract's `recovery` object of a metastasis or remnant (None for physiological uptake)."""
-    if lesion.label not in ("metastasis", "remnant"):
+    if not lesion.label.followed:
         return None
     size, source = best_size(lesion)
     rc = rc_at(curve, size)
-    return {"size_mm": round(size, 2), "size_source": source, "recovery_coefficient": round(rc, 4),
-            "suv_max_corrected": round(lesion.suv_max / rc, 4),
-            "activity_mbq_corrected": round(lesion.activity_mbq / rc, 6)}
+    return Recovery(size_mm=round(size, 2), size_source=source, recovery_coefficient=round(rc, 4),
+                    suv_max_corrected=round(lesion.suv_max / rc, 4),
+                    activity_mbq_corrected=round(lesion.activity_mbq / rc, 6))
 
 
 def with_recovery(lesions: list[Lesion], curve: tuple[tuple[float, float], ...] | None) -> list[Lesion]:
     if not curve:
         return lesions
-    return [Lesion(**{**les.__dict__, "recovery": recovery(les, curve)}) for les in lesions]
+    return [replace(les, recovery=recovery(les, curve)) for les in lesions]

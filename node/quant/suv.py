@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, timedelta
 
 from pydicom.dataset import Dataset
+
+from node.quant.header import combine, parse_dt, parse_tm, private_value, to_float
 
 # Half-lives (s) of the nuclides whose codes we check, ICRP Publication 107 (docs/science.md).
 # Keys: code values of CID 4020 in SCT and the legacy SRT/SNM3 schemes.
@@ -88,73 +90,6 @@ class SuvCalculation:
         return self.injected_activity_bq * math.exp(-math.log(2) / self.half_life_s * self.uptake_time_s)
 
 
-# -- DICOM date/time --------------------------------------------------------------------------
-
-
-def parse_da(value: str) -> date:
-    v = str(value).strip()
-    return date(int(v[0:4]), int(v[4:6]), int(v[6:8]))
-
-
-def parse_tm(value: str) -> time:
-    """TM (PS3.5 6.2): HH[MM[SS[.F{1,6}]]], some writers add colons."""
-    v = str(value).strip().replace(":", "")
-    if not v or not v[:2].isdigit():
-        raise ValueError(f"not a DICOM time: {value!r}")
-    hh = int(v[0:2])
-    mm = int(v[2:4]) if len(v) >= 4 else 0
-    ss = int(v[4:6]) if len(v) >= 6 else 0
-    frac = v[7:13] if len(v) > 7 and v[6] == "." else ""
-    micro = int(frac.ljust(6, "0")) if frac else 0
-    return time(hh, mm, min(ss, 59), micro)
-
-
-def parse_dt(value: str) -> datetime:
-    """DT (PS3.5 6.2): YYYYMMDDHHMMSS.FFFFFF&ZZXX; the UTC offset is ignored (all times of one
-    scan share a zone)."""
-    v = str(value).strip()
-    for sign in ("+", "-"):
-        pos = v.find(sign, 8)
-        if pos > 0:
-            v = v[:pos]
-    if len(v) < 8:
-        raise ValueError(f"not a DICOM date-time: {value!r}")
-    d = parse_da(v[:8])
-    return datetime.combine(d, parse_tm(v[8:]) if len(v) > 8 else time())
-
-
-def _combine(ds: Dataset, date_kw: str, time_kw: str) -> datetime | None:
-    d, t = ds.get(date_kw), ds.get(time_kw)
-    if not d or not t:
-        return None
-    return datetime.combine(parse_da(d), parse_tm(t))
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def _private(ds: Dataset, group: int, creator: str, element: int) -> tuple[object | None, bool]:
-    """(value, creator_found) of a private element; falls back to block 0x10 when the creator is
-    missing (some test objects omit it)."""
-    for block in range(0x10, 0x100):
-        tag = (group << 16) | block
-        if tag not in ds:
-            continue
-        if str(ds[tag].value).strip() == creator:
-            full = (group << 16) | (block << 8) | element
-            return (ds[full].value if full in ds else None), True
-    full = (group << 16) | 0x1000 | element
-    return (ds[full].value if full in ds else None), False
-
-
-def _float(value: object) -> float | None:
-    try:
-        f = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def lbm_james128_kg(weight_kg: float, height_cm: float, sex: str) -> float:
     # James (1976) as used for SUVlbm ("James128" form), docs/science.md
     if sex == "M":
@@ -179,14 +114,14 @@ def bsa_dubois_m2(weight_kg: float, height_cm: float) -> float:
 
 
 def _patient(first: Dataset, derivation: list[str], warnings: list[str]) -> Patient:
-    weight = _float(first.get("PatientWeight"))
+    weight = to_float(first.get("PatientWeight"))
     if not weight or weight <= 0:
         raise SuvError("PatientWeight (0010,1030) is missing or zero: SUVbw needs the patient's weight in kg")
     if weight > 1000:
         warnings.append(f"PatientWeight {weight:g} looks like grams; used {weight / 1000:g} kg")
         weight /= 1000.0
     derivation.append(f"weight {weight:g} kg from PatientWeight")
-    height = _float(first.get("PatientSize"))
+    height = to_float(first.get("PatientSize"))
     if height is not None and height > 3:  # cm written where metres belong
         warnings.append(f"PatientSize {height:g} looks like cm; used {height / 100:g} m")
         height /= 100.0
@@ -255,8 +190,8 @@ def _reference_time(slices: Sequence[Dataset], half_life_s: float, derivation: l
                     warnings: list[str]) -> datetime:
     """The time the pixel values are decay-corrected to (DecayCorrection START)."""
     first = slices[0]
-    series_dt = _combine(first, "SeriesDate", "SeriesTime")
-    acquisitions = [(a, s) for s in slices if (a := _combine(s, "AcquisitionDate", "AcquisitionTime")) is not None]
+    series_dt = combine(first, "SeriesDate", "SeriesTime")
+    acquisitions = [(a, s) for s in slices if (a := combine(s, "AcquisitionDate", "AcquisitionTime")) is not None]
     if series_dt is None and not acquisitions:
         raise SuvError("no SeriesDate/SeriesTime nor AcquisitionDate/AcquisitionTime: the scan time is unknown")
     earliest = min(acquisitions, key=lambda x: x[0]) if acquisitions else None
@@ -264,14 +199,14 @@ def _reference_time(slices: Sequence[Dataset], half_life_s: float, derivation: l
         derivation.append("reference time = Series DateTime (not after the earliest acquisition)")
         return series_dt
     # Post-processed series: Series Time is when the series was made.
-    scan, creator_found = _private(first, 0x0009, GE_CREATOR, 0x0D)
+    scan, creator_found = private_value(first, 0x0009, GE_CREATOR, 0x0D)
     if scan and creator_found:
         derivation.append("reference time = GE private scan DateTime (0009,100D): series was post-processed")
         return parse_dt(str(scan))
     assert earliest is not None
     acq_dt, acq_slice = earliest
-    frame_ms = _float(acq_slice.get("ActualFrameDuration"))
-    frame_ref_ms = _float(acq_slice.get("FrameReferenceTime"))
+    frame_ms = to_float(acq_slice.get("ActualFrameDuration"))
+    frame_ref_ms = to_float(acq_slice.get("FrameReferenceTime"))
     # FrameReferenceTime is the offset from the series reference to the frame's decay-weighted
     # mid-time (PS3.3 C.8.9.4.1.5), so it is > 0 for any real frame; 0 means "not filled in".
     if frame_ms and frame_ref_ms:
@@ -330,20 +265,20 @@ def compute_suv(slices: Sequence[Dataset], settings: SuvSettings | None = None) 
     patient = _patient(first, derivation, warnings)
     weight_g = patient.weight_kg * 1000.0
     rp = _radiopharmaceutical(first)
-    dose = _float(rp.get("RadionuclideTotalDose"))
+    dose = to_float(rp.get("RadionuclideTotalDose"))
     if not dose or dose <= 0:
         raise SuvError("RadionuclideTotalDose (0018,1074) is missing or zero: the injected activity is unknown")
     if dose < 1e5:
         warnings.append(f"RadionuclideTotalDose {dose:g} looks like MBq; used {dose:g} MBq = {dose * 1e6:g} Bq")
         dose *= 1e6
-    half_life = _float(rp.get("RadionuclideHalfLife"))
+    half_life = to_float(rp.get("RadionuclideHalfLife"))
     if not half_life or half_life <= 0:
         raise SuvError("RadionuclideHalfLife (0018,1075) is missing or zero")
     nuclide, expected_half_life = _nuclide(rp)
     if expected_half_life and abs(half_life / expected_half_life - 1) > HALF_LIFE_TOLERANCE:
         raise SuvError(f"RadionuclideHalfLife (0018,1075) {half_life:g} s contradicts the nuclide code ({nuclide}, "
                        f"{expected_half_life:g} s): a protocol copied from another tracer? Fix the header")
-    series_dt = _combine(first, "SeriesDate", "SeriesTime")
+    series_dt = combine(first, "SeriesDate", "SeriesTime")
     admin: datetime | None = None
     reference: datetime | None = None
     factors: list[float]
@@ -367,8 +302,8 @@ def compute_suv(slices: Sequence[Dataset], settings: SuvSettings | None = None) 
         admin = _administration(first, rp, half_life, series_dt, settings, derivation, warnings)
         scale = 1.0
         if units == "CNTS":
-            acf, creator_found = _private(first, 0x7053, PHILIPS_CREATOR, 0x09)
-            acf_f = _float(acf)
+            acf, creator_found = private_value(first, 0x7053, PHILIPS_CREATOR, 0x09)
+            acf_f = to_float(acf)
             if not acf_f:
                 raise SuvError("Units CNTS without a usable Philips SUV Scale Factor (7053,1000) or Activity "
                                "Concentration Scale Factor (7053,1009): counts cannot be converted")
@@ -403,8 +338,8 @@ def compute_suv(slices: Sequence[Dataset], settings: SuvSettings | None = None) 
                 derivation.append("DecayCorrection NONE: per-slice decay from administration and frame duration")
                 factors = []
                 for s in slices:
-                    acq = _combine(s, "AcquisitionDate", "AcquisitionTime")
-                    frame_ms = _float(s.get("ActualFrameDuration"))
+                    acq = combine(s, "AcquisitionDate", "AcquisitionTime")
+                    frame_ms = to_float(s.get("ActualFrameDuration"))
                     if acq is None or not frame_ms:
                         raise SuvError("DecayCorrection NONE needs AcquisitionDate/Time and ActualFrameDuration "
                                        "(0018,1242) on every image")
@@ -426,8 +361,8 @@ def compute_suv(slices: Sequence[Dataset], settings: SuvSettings | None = None) 
 
 
 def _philips_suv_factor(ds: Dataset, warnings: list[str]) -> float | None:
-    value, creator_found = _private(ds, 0x7053, PHILIPS_CREATOR, 0x00)
-    factor = _float(value)
+    value, creator_found = private_value(ds, 0x7053, PHILIPS_CREATOR, 0x00)
+    factor = to_float(value)
     if factor is None or factor <= 0:
         return None
     if not creator_found:

@@ -8,11 +8,10 @@ images are read from their functional groups (PS3.3 C.7.6.16).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
@@ -179,11 +178,23 @@ def sort_planes(datasets: Sequence[Dataset], label: str) -> tuple[list[_Plane], 
     return planes, geometry
 
 
-def assemble(datasets: Sequence[Dataset], label: str, dtype: type = np.float32) -> tuple[Volume, list[int]]:
+PixelSource = Callable[[Dataset], np.ndarray]
+
+
+def dataset_pixels(ds: Dataset) -> np.ndarray:
+    """The pixels a dataset holds in memory (the default pixel source)."""
+    if "PixelData" not in ds:
+        raise VolumeError("no pixel data in the dataset (read without pixels: the caller must give a pixel source)")
+    return ds.pixel_array
+
+
+def assemble(datasets: Sequence[Dataset], label: str, dtype: type = np.float32,
+             pixels: PixelSource = dataset_pixels) -> tuple[Volume, list[int]]:
     """A volume of rescaled values (PET: Bq/ml or the unit of Units; CT: HU); also the dataset
-    index of each slice, in volume order, for per-slice factors such as SUV. Datasets read with
-    stop_before_pixels are fine: their pixels are then read from their files one at a time, so a
-    whole-body CT never sits in memory twice."""
+    index of each slice, in volume order, for per-slice factors such as SUV. `pixels` gives one
+    dataset's pixel array: the datasets' own by default; the assemble stage (node.assemble) passes
+    one that reads headers-only datasets' pixels from their files one at a time, so a whole-body CT
+    never sits in memory twice and this module does no I/O."""
     planes, geometry = sort_planes(datasets, label)
     first = datasets[planes[0].source]
     out = np.empty((len(planes), int(first.Rows), int(first.Columns)), dtype)
@@ -191,19 +202,18 @@ def assemble(datasets: Sequence[Dataset], label: str, dtype: type = np.float32) 
     for k, plane in enumerate(planes):
         ds = datasets[plane.source]
         try:
-            if "PixelData" not in ds and getattr(ds, "filename", None):
-                ds = pydicom.dcmread(ds.filename)
             if plane.frame is None:
-                pixels = ds.pixel_array
+                values = pixels(ds)
             else:
                 if plane.source not in cache:
                     cache.clear()
-                    cache[plane.source] = ds.pixel_array
-                pixels = cache[plane.source][plane.frame]
+                    cache[plane.source] = pixels(ds)
+                values = cache[plane.source][plane.frame]
         except Exception as exc:  # noqa: BLE001 - decoders raise many kinds
+            syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", "?")
             raise VolumeError(f"{label}: cannot decode pixel data of {ds.get('SOPInstanceUID', plane.source)} "
-                              f"(transfer syntax {ds.file_meta.get('TransferSyntaxUID', '?')}): {exc}") from None
-        out[k] = pixels * plane.slope + plane.intercept
+                              f"(transfer syntax {syntax}): {exc}") from None
+        out[k] = values * plane.slope + plane.intercept
     return geometry.with_array(out), [p.source for p in planes]
 
 
