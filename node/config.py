@@ -106,6 +106,9 @@ class NodeSection(_Section):
     port: Port = 11112
     tls: TLSSection | None = None
     max_associations: Annotated[int, Field(ge=1, le=256)] = 32
+    # DICOM listener processes sharing the port (SO_REUSEPORT), each with its own pynetdicom and
+    # guard limits; null = one per CPU core; 1 = one listener inside the service process.
+    listener_processes: Annotated[int, Field(ge=1, le=64)] | None = None
     limits: NetworkLimitsSection = NetworkLimitsSection()
 
 

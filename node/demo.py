@@ -22,7 +22,7 @@ from pynetdicom import AE, Association, evt
 from pynetdicom.sop_class import CTImageStorage, PositronEmissionTomographyImageStorage, Verification
 
 from node.config import parse_config
-from node.ingest.listener import set_nodelay
+from node.net.sockets import set_nodelay
 from node.phantom import PhantomOptions, generate_phantom
 from node.service import NodeService
 

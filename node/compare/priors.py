@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from node.ingest.listener import set_nodelay
+from node.net.assoc import on_open, requestor
 from node.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -63,19 +63,11 @@ class PriorStudy:
     series: tuple[str, ...]  # PET and CT series to retrieve
 
 
-def _on_open(event: evt.Event) -> None:
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        set_nodelay(sock)
-
-
 def _associate(query: PriorQuery, what: str, contexts: tuple[str, ...], **kwargs: Any) -> Any:
-    """An established association with the PACS (TCP_NODELAY on), or PriorQueryError naming it."""
-    ae = AE(ae_title=query.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = query.timeout_s
-    for context in contexts:
-        ae.add_requested_context(context)
-    handlers = [(evt.EVT_CONN_OPEN, _on_open), *kwargs.pop("evt_handlers", [])]
+    """An established association with the PACS (TCP_NODELAY on, large PDUs: a C-GET's instances
+    arrive in PDUs up to the maximum announced here), or PriorQueryError naming it."""
+    ae = requestor(query.calling_ae_title, query.timeout_s, tuple((c,) for c in contexts))
+    handlers = [(evt.EVT_CONN_OPEN, on_open), *kwargs.pop("evt_handlers", [])]
     assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, evt_handlers=handlers, **kwargs)
     if not assoc.is_established:
         raise PriorQueryError(f"{what}: association with {query.ae_title}@{query.host}:{query.port} not established")

@@ -18,7 +18,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Report, no_report, register
-from node.ingest.listener import set_nodelay
+from node.net.assoc import SCU_MAX_PDU_BYTES, tune_association
 
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result 1 = rejected-permanent; source 1 reasons 3 and 7 are the AE titles.
@@ -28,10 +28,7 @@ _AE_REASONS = {2: "application context name not supported", 3: "calling AE title
 
 def _on_open(event: evt.Event, opened: list[bool]) -> None:
     opened.append(True)
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        set_nodelay(sock)
-    event.assoc.dul._run_loop_delay = 0.0001  # noqa: SLF001 - see node.ingest.listener: 1 ms naps per message
+    tune_association(event.assoc)
 
 
 @register("dicom")
@@ -66,7 +63,9 @@ class DicomTarget:
         # Send each file's encoded dataset as it is, in chunks: no decode and re-encode, little memory.
         _config.STORE_SEND_CHUNKED_DATASET = True
         ae = AE(ae_title=self.calling)
-        ae.maximum_pdu_size = 131072  # larger PDUs help a pynetdicom sender (reference note)
+        # What we announce bounds only what the peer sends us (C-STORE-RSPs); our P-DATA follow the
+        # peer's announced maximum (PS3.8 D.1).
+        ae.maximum_pdu_size = SCU_MAX_PDU_BYTES
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
         contexts = sorted({(str(headers[p.item_id].SOPClassUID), str(headers[p.item_id].file_meta.TransferSyntaxUID))
                            for p in todo})

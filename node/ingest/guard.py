@@ -30,6 +30,7 @@ import time
 from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import evt
@@ -39,6 +40,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.ingest.dimse_guard import GuardedDIMSE
 from node.ingest.guard_log import Refusals, compact_library_logs, quiet
+from node.net.sockets import set_nodelay, set_reuseport
 
 __all__ = ["GuardSettings", "GuardedServer", "Refusals", "compact_library_logs"]
 
@@ -57,11 +59,6 @@ _COMMAND_FIELD = 0x00000100
 def a_abort(reason: int) -> bytes:
     """An A-ABORT PDU from the service provider (PS3.8 9.3.8): type 07, length 4, source 2."""
     return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, reason)
-
-
-def nodelay(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass(frozen=True)
@@ -91,20 +88,28 @@ class GuardedServer(ThreadedAssociationServer):
     guard: GuardSettings
     refusals: Refusals
 
-    def __init__(self, *args: Any, guard: GuardSettings, refusals: Refusals, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, guard: GuardSettings, refusals: Refusals, receive_dir: Path | None = None,
+                 reuse_port: bool = False, **kwargs: Any) -> None:
         self.guard = guard
         self.refusals = refusals
+        self.receive_dir = receive_dir  # where C-STORE data sets stream to (node.ingest.dimse_guard)
+        self.reuse_port = reuse_port  # several listener processes on one port (node.ingest.pool)
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self.heartbeat = time.monotonic()
         super().__init__(*args, request_handler=GuardedHandler, **kwargs)
         self.daemon_threads = True
 
+    def server_bind(self) -> None:
+        if self.reuse_port and self.socket is not None:
+            set_reuseport(self.socket)
+        super().server_bind()
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept, nothing more: the TLS handshake happens in the connection's own thread."""
         assert self.socket is not None
         client, address = self.socket.accept()
-        nodelay(client)
+        set_nodelay(client)
         return client, address
 
     def _associations_from(self, host: str) -> int:
@@ -245,6 +250,7 @@ class GuardedHandler(RequestHandler):
         assoc._server = self.server  # noqa: SLF001 - pynetdicom's own wiring
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.dimse = GuardedDIMSE(assoc)
+        assoc.dimse.receive_dir = self.server.receive_dir
         assoc.set_socket(GuardedSocket(assoc, self.request, prefix, self.server.guard, self.server.refusals,
                                        self.client_address))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
