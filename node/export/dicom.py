@@ -13,8 +13,8 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
-import pydicom
 from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Report, no_report, register
@@ -47,10 +47,11 @@ class DicomTarget:
         return ctx, ""
 
     def send(self, parcels: Sequence[Parcel], report: Report = no_report) -> dict[int, Outcome]:
-        headers = {}
+        headers: dict[int, Any] = {}
         for p in parcels:
-            try:
-                headers[p.item_id] = pydicom.dcmread(p.path, stop_before_pixels=True)
+            try:  # the file meta (PS3.10 7.1) names SOP class and transfer syntax: the data set is not parsed
+                meta = split_dataset(p.path)[0]
+                headers[p.item_id] = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
             except Exception as exc:  # noqa: BLE001 - a result file that cannot be read cannot be sent
                 headers[p.item_id] = exc
         # Missing or unreadable: retried (a file being restored, a disk back online); after
@@ -67,8 +68,7 @@ class DicomTarget:
         # peer's announced maximum (PS3.8 D.1).
         ae.maximum_pdu_size = SCU_MAX_PDU_BYTES
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        contexts = sorted({(str(headers[p.item_id].SOPClassUID), str(headers[p.item_id].file_meta.TransferSyntaxUID))
-                           for p in todo})
+        contexts = sorted({headers[p.item_id] for p in todo})
         for sop_class, syntax in contexts:
             ae.add_requested_context(sop_class, syntax)
         opened: list[bool] = []
@@ -85,9 +85,9 @@ class DicomTarget:
         try:
             accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
             for p in todo:
-                ds = headers[p.item_id]
-                if str(ds.SOPClassUID) not in accepted:
-                    out[p.item_id] = Outcome(DEAD, f"{self.d.ae_title} does not accept SOP class {ds.SOPClassUID} "
+                sop_class = headers[p.item_id][0]
+                if sop_class not in accepted:
+                    out[p.item_id] = Outcome(DEAD, f"{self.d.ae_title} does not accept SOP class {sop_class} "
                                                    "(presentation context rejected)")
                     continue
                 if not assoc.is_established:
