@@ -167,9 +167,11 @@ def _final_status(iterator: Iterator[tuple[Dataset, Dataset | None]], what: str)
 
 
 def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
-    """C-GET: the PACS sends on this association; each instance goes through the node's ingest (fsync,
-    index) before it is acknowledged, like a pushed one."""
+    """C-GET: the PACS sends on this association; each instance streams into the spool as it arrives
+    (the listener's DIMSE provider) and goes through the node's ingest (fsync, index) before it is
+    acknowledged, like a pushed one."""
     from node.index import Index
+    from node.ingest.dimse_guard import GuardedDIMSE
     from node.ingest.ingestor import IngestError, Ingestor
     from node.ingest.spool import Spool
 
@@ -178,16 +180,15 @@ def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
     ingestor = Ingestor(spool, index, max_instance_bytes=2**40)
 
     def on_store(event: evt.Event) -> int:
-        temp = spool.new_temp_path()
+        temp = Path(event.dataset_path)
         try:
-            with open(temp, "wb") as fh:  # preamble, file meta and the dataset as received
-                fh.write(event.encoded_dataset(include_meta=True))
             ingestor.ingest(temp, source="c-get", calling_ae=query.ae_title)
             return 0x0000
         except IngestError as exc:
             log.error("C-GET from %s: instance refused: %s", query.ae_title, exc.reason)
             return exc.status
-        finally:
+        finally:  # an SCU's C-STORE sub-operation: pynetdicom leaves the received file to the handler
+            event.request._dataset_file.close()  # noqa: SLF001
             temp.unlink(missing_ok=True)
 
     try:
@@ -197,6 +198,9 @@ def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
     except PriorQueryError:
         index.close()
         raise
+    # Nothing is in flight before the C-GET request: the provider can be replaced here.
+    assoc.dimse = GuardedDIMSE(assoc)
+    assoc.dimse.receive_dir = spool.tmp
     try:
         for series_uid in prior.series:
             _final_status(assoc.send_c_get(_series_key(prior, series_uid), StudyRootQueryRetrieveInformationModelGet),
