@@ -208,6 +208,9 @@ class DicomDestination(_Destination):
     port: Port
     calling_ae_title: AETitle | None = None  # default: node.ae_title
     tls: DestinationTLS | None = None
+    # Associations a large batch is spread over at once (C-STORE is one operation at a time per
+    # association); batches under 16 objects use one.
+    associations: Annotated[int, Field(ge=1, le=8)] = 1
 
 
 class StowDestination(_Destination):

@@ -139,3 +139,31 @@ def test_one_listener_process_keeps_the_single_process_service(node) -> None:
     assert "processes" not in _healthy_listener(n)
     assert not _listener_pids(n)
     assert n.echoscu().returncode == 0
+
+
+def test_export_spreads_a_large_batch_over_associations(tmp_path: Path, studies) -> None:
+    """destinations[].associations: 2 -> two associations at once, each object delivered once."""
+    import threading
+
+    from node.config import parse_config
+    from node.export.base import Parcel
+    from node.export.dicom import DicomTarget
+    from tests.peers import Orthanc
+
+    _, files = studies[0]
+    batch = files[:40]
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={"node": ["IODINE_NODE", "127.0.0.1", 1]}).start()
+    try:
+        config = parse_config({"destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
+                                                 "port": orthanc.dicom_port, "associations": 2}]})
+        reported: list[tuple[int, str, str]] = []
+        outcomes = DicomTarget(config.destinations[0], config).send(
+            [Parcel(i, f, "", "", "") for i, f in enumerate(batch)],
+            lambda item, outcome: reported.append((item, outcome.state, threading.current_thread().name)))
+        assert {o.state for o in outcomes.values()} == {"delivered"} and len(outcomes) == len(batch)
+        assert sorted(item for item, _, _ in reported) == list(range(len(batch)))  # each reported once
+        assert len({thread for _, _, thread in reported}) == 2  # two associations, one thread each
+        held = {orthanc.get(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.get("/instances")}
+        assert held == {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in batch}
+    finally:
+        orthanc.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pynetdicom import AE, _config, evt
@@ -63,6 +64,21 @@ class DicomTarget:
             return out
         # Send each file's encoded dataset as it is, in chunks: no decode and re-encode, little memory.
         _config.STORE_SEND_CHUNKED_DATASET = True
+        # C-STORE is one operation at a time on an association (pynetdicom, dcmtk and Orthanc do not
+        # negotiate asynchronous operations, PS3.7 D.3.3.3): a large batch goes over `associations`
+        # associations at once, each object on exactly one of them.
+        lanes = max(1, min(int(getattr(self.d, "associations", 1) or 1), len(todo) // 8))
+        if lanes == 1:
+            return {**out, **self._send_on_one(todo, headers, report)}
+        with ThreadPoolExecutor(lanes, thread_name_prefix="dicom-export") as pool:
+            for result in pool.map(lambda share: self._send_on_one(share, headers, report),
+                                   [todo[i::lanes] for i in range(lanes)]):
+                out.update(result)
+        return out
+
+    def _send_on_one(self, todo: Sequence[Parcel], headers: dict[int, Any], report: Report) -> dict[int, Outcome]:
+        """Send `todo` over one association; an outcome for each."""
+        out: dict[int, Outcome] = {}
         ae = AE(ae_title=self.calling)
         # What we announce bounds only what the peer sends us (C-STORE-RSPs); our P-DATA follow the
         # peer's announced maximum (PS3.8 D.1).
