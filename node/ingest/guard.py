@@ -291,16 +291,24 @@ class GuardedSocket(AssociationSocket):
     def ready(self) -> bool:
         return bool(self._prefix) or (not self._refused and super().ready)
 
-    def _read(self, n: int) -> bytes:
-        out = bytearray(self._prefix[:n])
-        del self._prefix[:n]
-        sock = self.socket
-        while len(out) < n and sock is not None:
-            chunk = sock.recv(min(65536, n - len(out)))
-            if not chunk:
+    def _read(self, n: int) -> bytearray:
+        """n bytes (fewer at end of stream), received straight into one buffer: a P-DATA PDU of up
+        to the announced maximum is not copied chunk by chunk."""
+        out = bytearray(n)
+        pos = min(n, len(self._prefix))
+        if pos:
+            out[:pos] = self._prefix[:pos]
+            del self._prefix[:pos]
+        view, sock = memoryview(out), self.socket
+        while pos < n and sock is not None:
+            got = sock.recv_into(view[pos:], n - pos)
+            if not got:
                 break
-            out += chunk
-        return bytes(out)
+            pos += got
+        view.release()
+        if pos < n:
+            del out[pos:]
+        return out
 
     def recv(self, nr_bytes: int) -> bytearray:
         if self._refused:
@@ -327,7 +335,7 @@ class GuardedSocket(AssociationSocket):
                 problem = self._check_pdvs(data)
                 if problem:
                     return self._refuse(*problem)
-        return bytearray(data)
+        return data
 
     def _check_header(self, pdu_type: int, length: int) -> tuple[str, str, int] | None:
         g = self._guard
