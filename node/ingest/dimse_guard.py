@@ -86,7 +86,8 @@ def decode_into(message: Any, primitive: Any, assoc: Any, receive_dir: Path) -> 
                     target = ReceiveFile(receive_dir)
                     message._data_set_file = target  # noqa: SLF001 - the attributes pynetdicom reads
                     message._data_set_path = Path(target.name)  # noqa: SLF001
-                    target.write(b"\0" * 128 + b"DICM")  # preamble and prefix (PS3.10 7.1)
+                    target.write(b"\0" * 128)  # preamble and prefix (PS3.10 7.1)
+                    target.write(b"DICM")
                     syntax = assoc._accepted_cx[context_id].transfer_syntax[0]  # noqa: SLF001
                     write_file_meta_info(target, create_file_meta(  # type: ignore[arg-type]
                         sop_class_uid=command.AffectedSOPClassUID, sop_instance_uid=command.AffectedSOPInstanceUID,
