@@ -99,7 +99,7 @@ def run_node(files_dir: Path, work: Path, processes: int | None = 1) -> tuple[fl
     """processes: node.listener_processes (None: one per core). Peak RSS: the service's plus its
     listener processes' (each process's peak; their sum bounds the peak of the whole)."""
     node = NodeProcess(work / "node", {"ingest": {"stable_after_s": 600, "force_after_s": 3600},
-                                       "node": {"listener_processes": processes}}).start()
+                                       "node": {"listener_processes": processes}}).start(timeout=180)
     try:
         assert node.proc is not None
         wait_for(lambda: node.http_get("/healthz")[0] == 200, 120, "the node's listeners")
