@@ -41,25 +41,25 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from node.ingest.dimse_guard import GuardedDIMSE
 from node.ingest.guard_log import Refusals, compact_library_logs, quiet
 from node.net.sockets import set_nodelay, set_reuseport
+from node.net.wire import (
+    A_ASSOCIATE_RQ,
+    ABORT_INVALID_PARAMETER,
+    ABORT_UNEXPECTED_PDU,
+    C_STORE_RQ,
+    KNOWN_PDU_TYPES,
+    P_DATA,
+    abort_and_shutdown,
+    command_field,
+    recv_exact,
+)
 
 __all__ = ["GuardSettings", "GuardedServer", "Refusals", "compact_library_logs"]
 
 log = logging.getLogger(__name__)
 
-_A_ASSOCIATE_RQ, _P_DATA = 0x01, 0x04
-_KNOWN_PDU_TYPES = range(0x01, 0x08)
-# A-ABORT reason/diagnostic values with source 2 "service provider" (PS3.8 9.3.8, Table 9-26).
-ABORT_UNEXPECTED_PDU, ABORT_INVALID_PARAMETER = 0x02, 0x06
 # Some implementations count the 6-byte PDV item header outside the announced maximum: allow it.
 _PDU_SLACK = 16
-_C_STORE_RQ = 0x0001
-_COMMAND_FIELD = 0x00000100
-
-
-def a_abort(reason: int) -> bytes:
-    """An A-ABORT PDU from the service provider (PS3.8 9.3.8): type 07, length 4, source 2."""
-    return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, reason)
-
+_command_field = command_field  # the name the unit tests use
 
 @dataclass(frozen=True)
 class GuardSettings:
@@ -154,21 +154,6 @@ class GuardedServer(ThreadedAssociationServer):
         log.warning("connection from %s:%s ended by an error in its handler", *client_address[:2], exc_info=False)
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
-    """n bytes, or fewer at end of stream; TimeoutError once the deadline has passed."""
-    buf = bytearray()
-    while len(buf) < n:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        sock.settimeout(remaining)
-        chunk = sock.recv(min(65536, n - len(buf)))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
-
-
 class _Refused(Exception):
     def __init__(self, kind: str, reason: str, abort: int | None = None, level: int = logging.WARNING) -> None:
         super().__init__(reason)
@@ -208,7 +193,7 @@ class GuardedHandler(RequestHandler):
                 self.request = sock
                 if entry is not None:
                     entry.sock = sock
-            header = _recv_exact(sock, 6, deadline)
+            header = recv_exact(sock, 6, deadline)
             if len(header) < 6:
                 if entry is not None and entry.evicted:
                     raise _Refused("evicted", "dropped to make room (node.limits.max_pending_connections)")
@@ -216,14 +201,14 @@ class GuardedHandler(RequestHandler):
                 raise _Refused("closed-early", f"closed after {len(header)} bytes, before an A-ASSOCIATE-RQ header",
                                level=logging.WARNING if header else logging.DEBUG)
             pdu_type, _, length = struct.unpack(">BBL", header)
-            if pdu_type != _A_ASSOCIATE_RQ:
+            if pdu_type != A_ASSOCIATE_RQ:
                 raise _Refused("unexpected-pdu", f"first PDU is of type 0x{pdu_type:02X}, not an A-ASSOCIATE-RQ "
                                                  "(PS3.8 9.3.2)", ABORT_UNEXPECTED_PDU)
             if length > g.max_rq_bytes:
                 raise _Refused("associate-rq-too-large", f"A-ASSOCIATE-RQ declares {length} bytes, more than "
                                f"node.limits.max_associate_rq_kb ({g.max_rq_bytes // 1024} KiB)",
                                ABORT_INVALID_PARAMETER)
-            body = _recv_exact(sock, length, deadline)
+            body = recv_exact(sock, length, deadline)
             if len(body) < length:
                 raise _Refused("closed-early", f"closed after {len(body)} of {length} A-ASSOCIATE-RQ bytes")
         except TimeoutError:
@@ -240,7 +225,7 @@ class GuardedHandler(RequestHandler):
 
     @staticmethod
     def _close(sock: socket.socket, abort: int | None) -> None:
-        _abort_and_shutdown(sock, abort)
+        abort_and_shutdown(sock, abort)
         with contextlib.suppress(OSError, ValueError):
             sock.close()
 
@@ -326,12 +311,12 @@ class GuardedSocket(AssociationSocket):
                 problem = self._check_header(pdu_type, length)
                 if problem:
                     return self._refuse(*problem)
-                if pdu_type in _KNOWN_PDU_TYPES:
+                if pdu_type in KNOWN_PDU_TYPES:
                     self._header = (pdu_type, length)
         else:
             pdu_type, _ = self._header
             self._header = None
-            if pdu_type == _P_DATA:
+            if pdu_type == P_DATA:
                 problem = self._check_pdvs(data)
                 if problem:
                     return self._refuse(*problem)
@@ -339,7 +324,7 @@ class GuardedSocket(AssociationSocket):
 
     def _check_header(self, pdu_type: int, length: int) -> tuple[str, str, int] | None:
         g = self._guard
-        if pdu_type == _P_DATA:
+        if pdu_type == P_DATA:
             if length > g.max_pdu_bytes + _PDU_SLACK:
                 return ("pdu-too-large", f"P-DATA-TF PDU declares {length} bytes, more than the {g.max_pdu_bytes} "
                         "the node announced (node.limits.max_pdu_kb)", ABORT_INVALID_PARAMETER)
@@ -364,10 +349,10 @@ class GuardedSocket(AssociationSocket):
                     return ("message-too-large", f"DIMSE command set longer than {g.max_rq_bytes} bytes",
                             ABORT_INVALID_PARAMETER)
                 if control & 0x02:
-                    field_value = _command_field(bytes(self._command))
+                    field_value = command_field(bytes(self._command))
                     self._command.clear()
                     self._dataset_bytes = 0
-                    self._dataset_cap = g.max_dataset_bytes if field_value == _C_STORE_RQ else g.max_rq_bytes
+                    self._dataset_cap = g.max_dataset_bytes if field_value == C_STORE_RQ else g.max_rq_bytes
             else:
                 self._dataset_bytes += len(fragment)
                 if self._dataset_bytes > self._dataset_cap:
@@ -386,30 +371,5 @@ class GuardedSocket(AssociationSocket):
         quiet.on = True  # what pynetdicom logs about this connection from now on is noise
         sock = self.socket
         if sock is not None:
-            _abort_and_shutdown(sock, abort)
+            abort_and_shutdown(sock, abort)
         return bytearray()
-
-
-def _command_field(command: bytes) -> int | None:
-    """(0000,0100) Command Field of an implicit VR little endian command set (PS3.7 E.1), or None."""
-    pos = 0
-    while pos + 8 <= len(command):
-        group, element, length = struct.unpack_from("<HHL", command, pos)
-        tag = (group << 16) | element
-        if tag == _COMMAND_FIELD and length == 2 and pos + 10 <= len(command):
-            return int(struct.unpack_from("<H", command, pos + 8)[0])
-        if tag > _COMMAND_FIELD:
-            return None
-        pos += 8 + length
-    return None
-
-
-def _abort_and_shutdown(sock: socket.socket, abort: int | None) -> None:
-    """Send an A-ABORT (when a reason is given) with a short deadline, then end both directions:
-    a peer that stopped reading must not hold the thread that refuses it."""
-    with contextlib.suppress(OSError, ValueError):
-        if abort is not None:
-            sock.settimeout(1.0)
-            sock.sendall(a_abort(abort))
-    with contextlib.suppress(OSError, ValueError):
-        sock.shutdown(socket.SHUT_RDWR)
