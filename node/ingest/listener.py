@@ -1,7 +1,9 @@
 """The DICOM front door: a pynetdicom C-ECHO and C-STORE SCP.
 
-Each C-STORE is streamed by pynetdicom into a temporary file inside the spool (never held whole in
-memory), then fsynced, linked into place and indexed before the handler returns 0x0000. Anything
+Each C-STORE is streamed into a temporary file inside this listener's spool by its own DIMSE
+provider (node.ingest.dimse_guard; never held whole in memory, no process-wide library setting),
+then fsynced, linked into place and indexed before the handler returns 0x0000. Several listener
+processes can share the port (reuse_port; node.ingest.pool). Anything
 that fails answers a failure status so the sender retries; the association goes on.
 """
 
