@@ -7,6 +7,7 @@ Prints seconds for each and the ratio node / dcmtk. Usage: python -m bench.prior
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import phantom  # noqa: E402
+from bench.common import phantom, rss_peak_mb  # noqa: E402
 from node.compare.priors import PriorQuery, _get, _move, find_prior_studies  # noqa: E402
 from tests.peers import PEER_ENV, NodeProcess, Orthanc, free_port, wait_for  # noqa: E402
 
@@ -60,12 +61,15 @@ def main() -> int:
             _move(query, priors[0])
             move_s = time.perf_counter() - t0
             assert node.instance_count(uid) == n_files, node.instance_count(uid)
+            assert node.proc is not None
+            node_rss = rss_peak_mb(node.proc.pid)
 
             get_root = work / "get-store"
             t0 = time.perf_counter()
             _get(PriorQuery(orthanc.aet, "127.0.0.1", orthanc.dicom_port, "BENCH", "get", "", 300.0), priors[0],
                  get_root)
             get_s = time.perf_counter() - t0
+            get_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             got = len(list((get_root / "studies").rglob("*.dcm")))
             assert got == n_files, got
 
@@ -91,10 +95,12 @@ def main() -> int:
     mb = sum(p.stat().st_size for p in study.files) / 1e6
     print(f"{args.size} study: {n_files} instances, {mb:.0f} MB, from Orthanc")
     print(f"  C-FIND study + series   node {find_s:6.2f} s")
-    print(f"  C-MOVE into the node    node {move_s:6.2f} s   movescu -> storescp {ref_move_s:6.2f} s   "
-          f"ratio {move_s / ref_move_s:.2f}")
-    print(f"  C-GET through ingest    node {get_s:6.2f} s   getscu              {ref_get_s:6.2f} s   "
-          f"ratio {get_s / ref_get_s:.2f}")
+    print(f"  C-MOVE into the node    node {move_s:6.2f} s ({n_files / move_s:4.0f}/s)   movescu -> storescp "
+          f"{ref_move_s:6.2f} s ({n_files / ref_move_s:4.0f}/s)   ratio {move_s / ref_move_s:.2f}   "
+          f"node peak RSS {node_rss:.0f} MB")
+    print(f"  C-GET through ingest    node {get_s:6.2f} s ({n_files / get_s:4.0f}/s)   getscu              "
+          f"{ref_get_s:6.2f} s ({n_files / ref_get_s:4.0f}/s)   ratio {get_s / ref_get_s:.2f}   "
+          f"peak RSS of the C-GET process {get_rss:.0f} MB")
     return 0
 
 

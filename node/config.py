@@ -106,6 +106,9 @@ class NodeSection(_Section):
     port: Port = 11112
     tls: TLSSection | None = None
     max_associations: Annotated[int, Field(ge=1, le=256)] = 32
+    # DICOM listener processes sharing the port (SO_REUSEPORT), each with its own pynetdicom and
+    # guard limits; null = one per CPU core; 1 = one listener inside the service process.
+    listener_processes: Annotated[int, Field(ge=1, le=64)] | None = None
     limits: NetworkLimitsSection = NetworkLimitsSection()
 
 
@@ -252,6 +255,9 @@ class DicomDestination(_Destination):
     port: Port
     calling_ae_title: AETitle | None = None  # default: node.ae_title
     tls: DestinationTLS | None = None
+    # Associations a large batch is spread over at once (C-STORE is one operation at a time per
+    # association); batches under 16 objects use one.
+    associations: Annotated[int, Field(ge=1, le=8)] = 1
 
 
 class StowDestination(_Destination):

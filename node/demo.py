@@ -22,7 +22,7 @@ from pynetdicom import AE, Association, evt
 from pynetdicom.sop_class import CTImageStorage, PositronEmissionTomographyImageStorage, Verification
 
 from node.config import parse_config
-from node.ingest.listener import set_nodelay
+from node.net.sockets import set_nodelay
 from node.phantom import PhantomOptions, generate_phantom
 from node.service import NodeService
 from node.store import DeliveryState, JobState
@@ -189,7 +189,9 @@ def run_demo(workdir: Path | None = None, pair: bool = False) -> int:
     if logging.getLogger().level > logging.DEBUG:  # the outcome is said in one line below, not in pynetdicom's
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     config = parse_config({
-        "node": {"ae_title": "IODINE_DEMO", "bind": "127.0.0.1", "port": port,
+        # One listener process: the demo's node lives inside this command (and its busy-scanner
+        # fault needs the one association limit of one process).
+        "node": {"ae_title": "IODINE_DEMO", "bind": "127.0.0.1", "port": port, "listener_processes": 1,
                  **({"max_associations": 1} if busy else {})},
         "storage": {"root": str(root / "var")},
         "ingest": {"stable_after_s": 1, "force_after_s": 120, "poll_s": 0.2},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -16,10 +17,11 @@ from node.config import NodeConfig
 from node.export.sender import Sender
 from node.ingest.ingestor import Ingestor
 from node.ingest.listener import Listener
+from node.ingest.pool import ListenerPool
 from node.ingest.spool import Spool
 from node.ingest.watch import WatchFolder
 from node.jobs import JobRunner
-from node.metrics import Metrics
+from node.metrics import Metrics, clean_multiprocess_dir
 from node.monitor import CompletionMonitor
 from node.periodic import Periodic
 from node.quant.study import settings_from_config
@@ -38,13 +40,19 @@ class NodeService:
         self.root = Path(config.storage.root).resolve()
         self.spool = Spool(self.root)
         self.store = open_store(config)
-        self.metrics = Metrics()
+        # Several listener processes (node.ingest.pool) count in prometheus-client multiprocess files
+        # under the storage root, emptied here so a restart starts from zero as a single process does.
+        listeners = config.node.listener_processes or os.cpu_count() or 1
+        metrics_dir = clean_multiprocess_dir(self.root / "run" / "metrics") if listeners > 1 else None
+        self.metrics = Metrics(metrics_dir)
         audit_path = config.logging.audit_file
         self.audit = AuditLog(audit_path if audit_path.is_absolute() else self.root / audit_path,
                               config.logging.audit_max_mb, config.logging.audit_keep)
         self.ingestor = Ingestor(self.spool, self.store, int(config.ingest.max_instance_mb * 1e6),
                                  config.storage.min_free_gb, self.metrics)
-        self.listener = Listener(config, self.ingestor, self.spool.tmp, self.metrics, self.audit)
+        self.listener: Listener | ListenerPool = (
+            ListenerPool(config, listeners, self.root, metrics_dir, self.audit) if metrics_dir is not None
+            else Listener(config, self.ingestor, self.spool.tmp, self.metrics, self.audit))
         self.monitor = CompletionMonitor(self.store, config.ingest.stable_after_s, config.ingest.force_after_s,
                                          config.ingest.poll_s)
         self.runner = JobRunner(self.store, self.root, config.processing.workers,

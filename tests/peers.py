@@ -81,7 +81,8 @@ class NodeProcess:
         self.ae_title = ae_title
         self.root = workdir / "var"
         base: dict[str, Any] = {
-            "node": {"ae_title": ae_title, "bind": "127.0.0.1", "port": self.port},
+            # One listener process unless a test asks for more: guard caps and crash hooks are per process.
+            "node": {"ae_title": ae_title, "bind": "127.0.0.1", "port": self.port, "listener_processes": 1},
             "http": {"bind": "127.0.0.1", "port": self.http_port},
             "storage": {"root": str(self.root)},
             "ingest": {"stable_after_s": 1.0, "force_after_s": 120, "poll_s": 0.2},

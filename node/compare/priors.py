@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from node.ingest.listener import set_nodelay
+from node.net.assoc import on_open, requestor
 from node.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -63,19 +63,11 @@ class PriorStudy:
     series: tuple[str, ...]  # PET and CT series to retrieve
 
 
-def _on_open(event: evt.Event) -> None:
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        set_nodelay(sock)
-
-
 def _associate(query: PriorQuery, what: str, contexts: tuple[str, ...], **kwargs: Any) -> Any:
-    """An established association with the PACS (TCP_NODELAY on), or PriorQueryError naming it."""
-    ae = AE(ae_title=query.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = query.timeout_s
-    for context in contexts:
-        ae.add_requested_context(context)
-    handlers = [(evt.EVT_CONN_OPEN, _on_open), *kwargs.pop("evt_handlers", [])]
+    """An established association with the PACS (TCP_NODELAY on, large PDUs: a C-GET's instances
+    arrive in PDUs up to the maximum announced here), or PriorQueryError naming it."""
+    ae = requestor(query.calling_ae_title, query.timeout_s, tuple((c,) for c in contexts))
+    handlers = [(evt.EVT_CONN_OPEN, on_open), *kwargs.pop("evt_handlers", [])]
     assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, evt_handlers=handlers, **kwargs)
     if not assoc.is_established:
         raise PriorQueryError(f"{what}: association with {query.ae_title}@{query.host}:{query.port} not established")
@@ -175,8 +167,10 @@ def _final_status(iterator: Iterator[tuple[Dataset, Dataset | None]], what: str)
 
 
 def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
-    """C-GET: the PACS sends on this association; each instance goes through the node's ingest (fsync,
-    index) before it is acknowledged, like a pushed one."""
+    """C-GET: the PACS sends on this association; each instance streams into the spool as it arrives
+    (the listener's DIMSE provider) and goes through the node's ingest (fsync, index) before it is
+    acknowledged, like a pushed one."""
+    from node.ingest.dimse_guard import GuardedDIMSE
     from node.ingest.ingestor import IngestError, Ingestor
     from node.ingest.spool import Spool
     from node.store import open_store
@@ -186,16 +180,15 @@ def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
     ingestor = Ingestor(spool, index, max_instance_bytes=2**40)
 
     def on_store(event: evt.Event) -> int:
-        temp = spool.new_temp_path()
+        temp = Path(event.dataset_path)
         try:
-            with open(temp, "wb") as fh:  # preamble, file meta and the dataset as received
-                fh.write(event.encoded_dataset(include_meta=True))
             ingestor.ingest(temp, source="c-get", calling_ae=query.ae_title)
             return 0x0000
         except IngestError as exc:
             log.error("C-GET from %s: instance refused: %s", query.ae_title, exc.reason)
             return exc.status
-        finally:
+        finally:  # an SCU's C-STORE sub-operation: pynetdicom leaves the received file to the handler
+            event.request._dataset_file.close()  # noqa: SLF001
             temp.unlink(missing_ok=True)
 
     try:
@@ -205,6 +198,9 @@ def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
     except PriorQueryError:
         index.close()
         raise
+    # Nothing is in flight before the C-GET request: the provider can be replaced here.
+    assoc.dimse = GuardedDIMSE(assoc)
+    assoc.dimse.receive_dir = spool.tmp
     try:
         for series_uid in prior.series:
             _final_status(assoc.send_c_get(_series_key(prior, series_uid), StudyRootQueryRetrieveInformationModelGet),

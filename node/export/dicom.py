@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pydicom
 from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Report, no_report, register
-from node.ingest.listener import set_nodelay
+from node.net.assoc import SCU_MAX_PDU_BYTES, tune_association
 
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result 1 = rejected-permanent; source 1 reasons 3 and 7 are the AE titles.
@@ -28,10 +29,7 @@ _AE_REASONS = {2: "application context name not supported", 3: "calling AE title
 
 def _on_open(event: evt.Event, opened: list[bool]) -> None:
     opened.append(True)
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        set_nodelay(sock)
-    event.assoc.dul._run_loop_delay = 0.0001  # noqa: SLF001 - see node.ingest.listener: 1 ms naps per message
+    tune_association(event.assoc)
 
 
 @register("dicom")
@@ -50,10 +48,11 @@ class DicomTarget:
         return ctx, ""
 
     def send(self, parcels: Sequence[Parcel], report: Report = no_report) -> dict[int, Outcome]:
-        headers = {}
+        headers: dict[int, Any] = {}
         for p in parcels:
-            try:
-                headers[p.item_id] = pydicom.dcmread(p.path, stop_before_pixels=True)
+            try:  # the file meta (PS3.10 7.1) names SOP class and transfer syntax: the data set is not parsed
+                meta = split_dataset(p.path)[0]
+                headers[p.item_id] = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
             except Exception as exc:  # noqa: BLE001 - a result file that cannot be read cannot be sent
                 headers[p.item_id] = exc
         # Missing or unreadable: retried (a file being restored, a disk back online); after
@@ -65,11 +64,27 @@ class DicomTarget:
             return out
         # Send each file's encoded dataset as it is, in chunks: no decode and re-encode, little memory.
         _config.STORE_SEND_CHUNKED_DATASET = True
+        # C-STORE is one operation at a time on an association (pynetdicom, dcmtk and Orthanc do not
+        # negotiate asynchronous operations, PS3.7 D.3.3.3): a large batch goes over `associations`
+        # associations at once, each object on exactly one of them.
+        lanes = max(1, min(int(getattr(self.d, "associations", 1) or 1), len(todo) // 8))
+        if lanes == 1:
+            return {**out, **self._send_on_one(todo, headers, report)}
+        with ThreadPoolExecutor(lanes, thread_name_prefix="dicom-export") as pool:
+            for result in pool.map(lambda share: self._send_on_one(share, headers, report),
+                                   [todo[i::lanes] for i in range(lanes)]):
+                out.update(result)
+        return out
+
+    def _send_on_one(self, todo: Sequence[Parcel], headers: dict[int, Any], report: Report) -> dict[int, Outcome]:
+        """Send `todo` over one association; an outcome for each."""
+        out: dict[int, Outcome] = {}
         ae = AE(ae_title=self.calling)
-        ae.maximum_pdu_size = 131072  # larger PDUs help a pynetdicom sender (reference note)
+        # What we announce bounds only what the peer sends us (C-STORE-RSPs); our P-DATA follow the
+        # peer's announced maximum (PS3.8 D.1).
+        ae.maximum_pdu_size = SCU_MAX_PDU_BYTES
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        contexts = sorted({(str(headers[p.item_id].SOPClassUID), str(headers[p.item_id].file_meta.TransferSyntaxUID))
-                           for p in todo})
+        contexts = sorted({headers[p.item_id] for p in todo})
         for sop_class, syntax in contexts:
             ae.add_requested_context(sop_class, syntax)
         opened: list[bool] = []
@@ -86,9 +101,9 @@ class DicomTarget:
         try:
             accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
             for p in todo:
-                ds = headers[p.item_id]
-                if str(ds.SOPClassUID) not in accepted:
-                    out[p.item_id] = Outcome(DEAD, f"{self.d.ae_title} does not accept SOP class {ds.SOPClassUID} "
+                sop_class = headers[p.item_id][0]
+                if sop_class not in accepted:
+                    out[p.item_id] = Outcome(DEAD, f"{self.d.ae_title} does not accept SOP class {sop_class} "
                                                    "(presentation context rejected)")
                     continue
                 if not assoc.is_established:

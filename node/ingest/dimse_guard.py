@@ -1,5 +1,15 @@
-"""A C-STORE request whose command set pynetdicom cannot turn into a primitive (a UID over 64
-characters, a malformed UID) gets a failure status instead of aborting the association.
+"""The listener's DIMSE provider: C-STORE data sets stream into the spool, and a C-STORE request
+whose command set pynetdicom cannot turn into a primitive gets a failure status.
+
+Receiving: pynetdicom streams a C-STORE data set to a file only when its process-wide
+`_config.STORE_RECV_CHUNKED_DATASET` is set, into `tempfile.NamedTemporaryFile` (process-wide
+`tempfile.tempdir`). This provider decodes the P-DATA itself (as pynetdicom's `decode_msg`,
+PS3.8 Annex E) and streams each data set into a `ReceiveFile` in the directory its listener
+gives, so two listeners in one process never share or change global state. Fragments are written
+from a memoryview (no copy of each up-to-1-MiB PDV) and the file is flushed once, after the
+last fragment, before the handler reads it.
+
+Refusing: a command set pynetdicom cannot convert (a UID over 64 characters, a malformed UID)
 
 pynetdicom validates UIDs while converting the received command set and, on failure, logs a
 traceback and aborts (Evt19). For a C-STORE-RQ the node answers instead: 0xA900 (Data Set does
@@ -13,14 +23,19 @@ import contextlib
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
+from pynetdicom.dsutils import create_file_meta, decode
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
+from node.ingest.spool import ReceiveFile
 from node.uids import uid_problem
 
 log = logging.getLogger(__name__)
@@ -50,14 +65,59 @@ def store_failure(command: Any) -> tuple[int, str]:
     return CANNOT_UNDERSTAND, "the C-STORE-RQ command set cannot be understood"
 
 
+def decode_into(message: Any, primitive: Any, assoc: Any, receive_dir: Path) -> bool:
+    """pynetdicom's DIMSEMessage.decode_msg with the C-STORE data set streamed into a ReceiveFile
+    in `receive_dir`; True once the message is complete. Message control header (PS3.8 E.2):
+    bit 0 command/data set, bit 1 last fragment."""
+    if not isinstance(primitive, P_DATA):
+        return False
+    for context_id, data in primitive.presentation_data_value_list:
+        control = data[0]
+        if control & 1:
+            message.encoded_command_set.write(data[1:])
+            if control & 2:
+                message.context_id = context_id
+                command = decode(message.encoded_command_set, True, True)  # always implicit VR LE (PS3.7 6.3.1)
+                message.command_set = command
+                message.__class__ = _MESSAGE_TYPES[int(command.CommandField)][1]
+                if command.CommandDataSetType == 0x0101:  # no data set (PS3.7 E.1)
+                    return True
+                if isinstance(message, C_STORE_RQ):
+                    target = ReceiveFile(receive_dir)
+                    message._data_set_file = target  # noqa: SLF001 - the attributes pynetdicom reads
+                    message._data_set_path = Path(target.name)  # noqa: SLF001
+                    target.write(b"\0" * 128)  # preamble and prefix (PS3.10 7.1)
+                    target.write(b"DICM")
+                    syntax = assoc._accepted_cx[context_id].transfer_syntax[0]  # noqa: SLF001
+                    write_file_meta_info(target, create_file_meta(  # type: ignore[arg-type]
+                        sop_class_uid=command.AffectedSOPClassUID, sop_instance_uid=command.AffectedSOPInstanceUID,
+                        transfer_syntax=syntax))
+        else:
+            target = message._data_set_file  # noqa: SLF001
+            if target is not None:
+                target.write(memoryview(data)[1:])
+            else:
+                message.data_set.write(data[1:])
+            if control & 2:
+                if target is not None:
+                    target.flush()  # the C-STORE handler reads the file by its path
+                return True
+    return False
+
+
 class GuardedDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider, answering a C-STORE-RQ it cannot convert with a failure status."""
+    """pynetdicom's DIMSE provider, receiving C-STORE data sets into `receive_dir` (None: as
+    pynetdicom does) and answering a C-STORE-RQ it cannot convert with a failure status."""
+
+    receive_dir: Path | None = None
 
     def receive_primitive(self, primitive: Any) -> None:
         if self.message is None:
             self.message = DIMSEMessage()
         try:
-            if not self.message.decode_msg(primitive, self.assoc):
+            done = (decode_into(self.message, primitive, self.assoc, self.receive_dir) if self.receive_dir is not None
+                    else self.message.decode_msg(primitive, self.assoc))
+            if not done:
                 return
         except Exception as exc:  # noqa: BLE001 - pynetdicom lets a garbage command set escape its reactor
             self._discard(self.message)

@@ -30,6 +30,7 @@ import time
 from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import evt
@@ -39,30 +40,26 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.ingest.dimse_guard import GuardedDIMSE
 from node.ingest.guard_log import Refusals, compact_library_logs, quiet
+from node.net.sockets import set_nodelay, set_reuseport
+from node.net.wire import (
+    A_ASSOCIATE_RQ,
+    ABORT_INVALID_PARAMETER,
+    ABORT_UNEXPECTED_PDU,
+    C_STORE_RQ,
+    KNOWN_PDU_TYPES,
+    P_DATA,
+    abort_and_shutdown,
+    command_field,
+    recv_exact,
+)
 
 __all__ = ["GuardSettings", "GuardedServer", "Refusals", "compact_library_logs"]
 
 log = logging.getLogger(__name__)
 
-_A_ASSOCIATE_RQ, _P_DATA = 0x01, 0x04
-_KNOWN_PDU_TYPES = range(0x01, 0x08)
-# A-ABORT reason/diagnostic values with source 2 "service provider" (PS3.8 9.3.8, Table 9-26).
-ABORT_UNEXPECTED_PDU, ABORT_INVALID_PARAMETER = 0x02, 0x06
 # Some implementations count the 6-byte PDV item header outside the announced maximum: allow it.
 _PDU_SLACK = 16
-_C_STORE_RQ = 0x0001
-_COMMAND_FIELD = 0x00000100
-
-
-def a_abort(reason: int) -> bytes:
-    """An A-ABORT PDU from the service provider (PS3.8 9.3.8): type 07, length 4, source 2."""
-    return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, reason)
-
-
-def nodelay(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+_command_field = command_field  # the name the unit tests use
 
 @dataclass(frozen=True)
 class GuardSettings:
@@ -91,20 +88,28 @@ class GuardedServer(ThreadedAssociationServer):
     guard: GuardSettings
     refusals: Refusals
 
-    def __init__(self, *args: Any, guard: GuardSettings, refusals: Refusals, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, guard: GuardSettings, refusals: Refusals, receive_dir: Path | None = None,
+                 reuse_port: bool = False, **kwargs: Any) -> None:
         self.guard = guard
         self.refusals = refusals
+        self.receive_dir = receive_dir  # where C-STORE data sets stream to (node.ingest.dimse_guard)
+        self.reuse_port = reuse_port  # several listener processes on one port (node.ingest.pool)
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self.heartbeat = time.monotonic()
         super().__init__(*args, request_handler=GuardedHandler, **kwargs)
         self.daemon_threads = True
 
+    def server_bind(self) -> None:
+        if self.reuse_port and self.socket is not None:
+            set_reuseport(self.socket)
+        super().server_bind()
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept, nothing more: the TLS handshake happens in the connection's own thread."""
         assert self.socket is not None
         client, address = self.socket.accept()
-        nodelay(client)
+        set_nodelay(client)
         return client, address
 
     def _associations_from(self, host: str) -> int:
@@ -149,21 +154,6 @@ class GuardedServer(ThreadedAssociationServer):
         log.warning("connection from %s:%s ended by an error in its handler", *client_address[:2], exc_info=False)
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
-    """n bytes, or fewer at end of stream; TimeoutError once the deadline has passed."""
-    buf = bytearray()
-    while len(buf) < n:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        sock.settimeout(remaining)
-        chunk = sock.recv(min(65536, n - len(buf)))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
-
-
 class _Refused(Exception):
     def __init__(self, kind: str, reason: str, abort: int | None = None, level: int = logging.WARNING) -> None:
         super().__init__(reason)
@@ -203,7 +193,7 @@ class GuardedHandler(RequestHandler):
                 self.request = sock
                 if entry is not None:
                     entry.sock = sock
-            header = _recv_exact(sock, 6, deadline)
+            header = recv_exact(sock, 6, deadline)
             if len(header) < 6:
                 if entry is not None and entry.evicted:
                     raise _Refused("evicted", "dropped to make room (node.limits.max_pending_connections)")
@@ -211,14 +201,14 @@ class GuardedHandler(RequestHandler):
                 raise _Refused("closed-early", f"closed after {len(header)} bytes, before an A-ASSOCIATE-RQ header",
                                level=logging.WARNING if header else logging.DEBUG)
             pdu_type, _, length = struct.unpack(">BBL", header)
-            if pdu_type != _A_ASSOCIATE_RQ:
+            if pdu_type != A_ASSOCIATE_RQ:
                 raise _Refused("unexpected-pdu", f"first PDU is of type 0x{pdu_type:02X}, not an A-ASSOCIATE-RQ "
                                                  "(PS3.8 9.3.2)", ABORT_UNEXPECTED_PDU)
             if length > g.max_rq_bytes:
                 raise _Refused("associate-rq-too-large", f"A-ASSOCIATE-RQ declares {length} bytes, more than "
                                f"node.limits.max_associate_rq_kb ({g.max_rq_bytes // 1024} KiB)",
                                ABORT_INVALID_PARAMETER)
-            body = _recv_exact(sock, length, deadline)
+            body = recv_exact(sock, length, deadline)
             if len(body) < length:
                 raise _Refused("closed-early", f"closed after {len(body)} of {length} A-ASSOCIATE-RQ bytes")
         except TimeoutError:
@@ -235,7 +225,7 @@ class GuardedHandler(RequestHandler):
 
     @staticmethod
     def _close(sock: socket.socket, abort: int | None) -> None:
-        _abort_and_shutdown(sock, abort)
+        abort_and_shutdown(sock, abort)
         with contextlib.suppress(OSError, ValueError):
             sock.close()
 
@@ -245,6 +235,7 @@ class GuardedHandler(RequestHandler):
         assoc._server = self.server  # noqa: SLF001 - pynetdicom's own wiring
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.dimse = GuardedDIMSE(assoc)
+        assoc.dimse.receive_dir = self.server.receive_dir
         assoc.set_socket(GuardedSocket(assoc, self.request, prefix, self.server.guard, self.server.refusals,
                                        self.client_address))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
@@ -285,16 +276,24 @@ class GuardedSocket(AssociationSocket):
     def ready(self) -> bool:
         return bool(self._prefix) or (not self._refused and super().ready)
 
-    def _read(self, n: int) -> bytes:
-        out = bytearray(self._prefix[:n])
-        del self._prefix[:n]
-        sock = self.socket
-        while len(out) < n and sock is not None:
-            chunk = sock.recv(min(65536, n - len(out)))
-            if not chunk:
+    def _read(self, n: int) -> bytearray:
+        """n bytes (fewer at end of stream), received straight into one buffer: a P-DATA PDU of up
+        to the announced maximum is not copied chunk by chunk."""
+        out = bytearray(n)
+        pos = min(n, len(self._prefix))
+        if pos:
+            out[:pos] = self._prefix[:pos]
+            del self._prefix[:pos]
+        view, sock = memoryview(out), self.socket
+        while pos < n and sock is not None:
+            got = sock.recv_into(view[pos:], n - pos)
+            if not got:
                 break
-            out += chunk
-        return bytes(out)
+            pos += got
+        view.release()
+        if pos < n:
+            del out[pos:]
+        return out
 
     def recv(self, nr_bytes: int) -> bytearray:
         if self._refused:
@@ -312,20 +311,20 @@ class GuardedSocket(AssociationSocket):
                 problem = self._check_header(pdu_type, length)
                 if problem:
                     return self._refuse(*problem)
-                if pdu_type in _KNOWN_PDU_TYPES:
+                if pdu_type in KNOWN_PDU_TYPES:
                     self._header = (pdu_type, length)
         else:
             pdu_type, _ = self._header
             self._header = None
-            if pdu_type == _P_DATA:
+            if pdu_type == P_DATA:
                 problem = self._check_pdvs(data)
                 if problem:
                     return self._refuse(*problem)
-        return bytearray(data)
+        return data
 
     def _check_header(self, pdu_type: int, length: int) -> tuple[str, str, int] | None:
         g = self._guard
-        if pdu_type == _P_DATA:
+        if pdu_type == P_DATA:
             if length > g.max_pdu_bytes + _PDU_SLACK:
                 return ("pdu-too-large", f"P-DATA-TF PDU declares {length} bytes, more than the {g.max_pdu_bytes} "
                         "the node announced (node.limits.max_pdu_kb)", ABORT_INVALID_PARAMETER)
@@ -350,10 +349,10 @@ class GuardedSocket(AssociationSocket):
                     return ("message-too-large", f"DIMSE command set longer than {g.max_rq_bytes} bytes",
                             ABORT_INVALID_PARAMETER)
                 if control & 0x02:
-                    field_value = _command_field(bytes(self._command))
+                    field_value = command_field(bytes(self._command))
                     self._command.clear()
                     self._dataset_bytes = 0
-                    self._dataset_cap = g.max_dataset_bytes if field_value == _C_STORE_RQ else g.max_rq_bytes
+                    self._dataset_cap = g.max_dataset_bytes if field_value == C_STORE_RQ else g.max_rq_bytes
             else:
                 self._dataset_bytes += len(fragment)
                 if self._dataset_bytes > self._dataset_cap:
@@ -372,30 +371,5 @@ class GuardedSocket(AssociationSocket):
         quiet.on = True  # what pynetdicom logs about this connection from now on is noise
         sock = self.socket
         if sock is not None:
-            _abort_and_shutdown(sock, abort)
+            abort_and_shutdown(sock, abort)
         return bytearray()
-
-
-def _command_field(command: bytes) -> int | None:
-    """(0000,0100) Command Field of an implicit VR little endian command set (PS3.7 E.1), or None."""
-    pos = 0
-    while pos + 8 <= len(command):
-        group, element, length = struct.unpack_from("<HHL", command, pos)
-        tag = (group << 16) | element
-        if tag == _COMMAND_FIELD and length == 2 and pos + 10 <= len(command):
-            return int(struct.unpack_from("<H", command, pos + 8)[0])
-        if tag > _COMMAND_FIELD:
-            return None
-        pos += 8 + length
-    return None
-
-
-def _abort_and_shutdown(sock: socket.socket, abort: int | None) -> None:
-    """Send an A-ABORT (when a reason is given) with a short deadline, then end both directions:
-    a peer that stopped reading must not hold the thread that refuses it."""
-    with contextlib.suppress(OSError, ValueError):
-        if abort is not None:
-            sock.settimeout(1.0)
-            sock.sendall(a_abort(abort))
-    with contextlib.suppress(OSError, ValueError):
-        sock.shutdown(socket.SHUT_RDWR)

@@ -9,6 +9,7 @@ import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.association import Association
@@ -23,14 +24,17 @@ class Refusals:
     """Counts refusals by kind and logs one line per refusal, naming the peer and the reason. A
     flood from one host is summarised (at most one line a second per kind and host)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_note: Callable[[str], None] | None = None) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self._on_note = on_note  # e.g. the metrics' refusal gauge
 
     def note(self, kind: str, peer: tuple[str, int] | Any, reason: str, level: int = logging.WARNING) -> None:
         host, port = (peer[0], peer[1]) if isinstance(peer, tuple) else (str(peer), 0)
         now = time.monotonic()
+        if self._on_note is not None:
+            self._on_note(kind)
         with self._lock:
             self.counts[kind] += 1
             if len(self._last) > 10000:

@@ -1,32 +1,32 @@
 """The DICOM front door: a pynetdicom C-ECHO and C-STORE SCP.
 
-Each C-STORE is streamed by pynetdicom into a temporary file inside the spool (never held whole in
-memory), then fsynced, linked into place and indexed before the handler returns 0x0000. Anything
+Each C-STORE is streamed into a temporary file inside this listener's spool by its own DIMSE
+provider (node.ingest.dimse_guard; never held whole in memory, no process-wide library setting),
+then fsynced, linked into place and indexed before the handler returns 0x0000. Several listener
+processes can share the port (reuse_port; node.ingest.pool). Anything
 that fails answers a failure status so the sender retries; the association goes on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import ssl
-import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, Association, _config, evt
+from pynetdicom import AE, Association, evt
 from pynetdicom.sop_class import Verification
 
-from node.audit import AuditLog
 from node.config import NodeConfig
 from node.ingest.guard import GuardedServer, GuardSettings, Refusals, compact_library_logs
 from node.ingest.ingestor import OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, IngestError, Ingestor
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES, TRANSFER_SYNTAXES, all_storage_sop_classes
-from node.ingest.spool import ReceiveFile, receive_into
+from node.ingest.spool import ReceiveFile
 from node.metrics import Metrics
+from node.net.assoc import tune_association
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,17 @@ log = logging.getLogger(__name__)
 _NOBODY = "\\"
 
 
+class AuditSink(Protocol):
+    """node.audit.AuditLog, or a listener process's relay to the service's audit log."""
+
+    def event(self, event: str, outcome: str = "success", **fields: Any) -> None: ...
+
+
 def _status(code: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = code
     ds.ErrorComment = comment[:64]  # (0000,0902) LO: 64 characters at most
     return ds
-
-
-def set_nodelay(sock: socket.socket) -> None:
-    """Disable Nagle: without it every small DIMSE message waits for a delayed ACK (~40 ms)."""
-    with contextlib.suppress(OSError):  # not a TCP socket (never the case for DICOM over TCP)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _NodeAE(AE):
@@ -87,16 +87,15 @@ def _tls_context(config: NodeConfig) -> ssl.SSLContext | None:
 
 class Listener:
     def __init__(self, config: NodeConfig, ingestor: Ingestor, spool_tmp: Path, metrics: Metrics | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditSink | None = None, reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port
         self.ingestor = ingestor
         self.metrics = metrics
         self.audit = audit
-        # pynetdicom writes chunked C-STORE data with NamedTemporaryFile in tempfile's directory:
-        # point it into the spool so the received file can be linked into place on the same disk.
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(spool_tmp)
-        receive_into(spool_tmp)  # disk errors while receiving answer 0xA700; partial files removed on abort
+        # C-STORE data sets stream into the spool (same disk: linked into place), through this
+        # listener's own DIMSE provider; disk errors while receiving answer 0xA700 (ReceiveFile).
+        self.spool_tmp = spool_tmp
         allowed = [(c.ae_title, c.host) for c in config.ingest.allowed_callers]
         ae = _NodeAE(config.node.ae_title, allowed)
         ae.require_called_aet = True
@@ -110,7 +109,7 @@ class Listener:
             # An instance over ingest.max_instance_mb is received and answered 0xA700 (the sender
             # learns why); one streaming on past twice that is cut off (A-ABORT) to protect the disk.
             max_dataset_bytes=2 * max_instance + (1 << 20))
-        self.refusals = Refusals()
+        self.refusals = Refusals(metrics.refused if metrics else None)
         # The Maximum Length the node announces (PS3.8 D.1): the guard aborts longer P-DATA PDUs.
         ae.maximum_pdu_size = self.guard.max_pdu_bytes
         ae.network_timeout = limits.network_timeout_s
@@ -135,14 +134,12 @@ class Listener:
         address = (self.config.node.bind, self.config.node.port)
         compact_library_logs()
         server = self.ae.make_server(address, evt_handlers=handlers, ssl_context=_tls_context(self.config),
-                                     server_class=GuardedServer, guard=self.guard, refusals=self.refusals)
+                                     server_class=GuardedServer, guard=self.guard, refusals=self.refusals,
+                                     receive_dir=self.spool_tmp, reuse_port=self.reuse_port)
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
         self._thread.start()
         self.ae._servers.append(server)  # noqa: SLF001 - as AE.start_server does, so shutdown() finds it
         self._server = server
-        if self.metrics:
-            self.metrics.gauge("iodine_network_refusals", "connections the listener's guard refused, by kind",
-                               lambda: {f'kind="{k}"': float(v) for k, v in self.refusals.snapshot().items()})
         log.info("listening on %s:%d as %s%s", *address, self.config.node.ae_title,
                  " (TLS)" if self.config.node.tls else "")
 
@@ -175,12 +172,7 @@ class Listener:
 
     @staticmethod
     def _on_connect(event: evt.Event) -> None:
-        sock = getattr(event.assoc.dul.socket, "socket", None)
-        if sock is not None:
-            set_nodelay(sock)
-        # pynetdicom's DUL reactor naps 1 ms whenever its queue is empty, which adds up to a
-        # millisecond to every C-STORE response; 0.1 ms keeps latency low at little idle cost.
-        event.assoc.dul._run_loop_delay = 0.0001  # noqa: SLF001
+        tune_association(event.assoc)
 
     def _on_accepted(self, event: evt.Event) -> None:
         r = event.assoc.requestor

@@ -192,15 +192,3 @@ class ReceiveFile:
             Path(f.name).unlink(missing_ok=True)
         return len(mine)
 
-
-def receive_into(directory: Path) -> None:
-    """Make pynetdicom stream received C-STORE data sets into ReceiveFile objects in `directory`
-    (the spool's tmp folder: same file system as the studies, so a file can be linked into place)."""
-    from pynetdicom import _config, dimse_messages
-
-    _config.STORE_RECV_CHUNKED_DATASET = True
-
-    def factory(*_args: object, **_kwargs: object) -> ReceiveFile:
-        return ReceiveFile(directory)
-
-    dimse_messages.NamedTemporaryFile = factory  # the only name pynetdicom creates these files with
