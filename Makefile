@@ -43,8 +43,11 @@ viewer:
 lint: venv
 	$(BIN)/ruff check node tests bench
 
+# Test files run in parallel (pytest-xdist), each file whole in one worker (--dist loadfile): most tests
+# wait on node processes and peers, so 2 workers pay off even on 2 cores (docs/testing.md).
+TEST_WORKERS ?= 2
 test: venv peers lint
-	$(BIN)/pytest -q --ignore=tests/test_viewers.py
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=tests/test_viewers.py
 
 # Several minutes (a node, Orthanc, dcmqi, a browser through one study): its own target, run by .ci/run.
 test-viewers: venv peers viewer

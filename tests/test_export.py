@@ -22,10 +22,8 @@ FAST_RETRY = {"retry": {"first_s": 0.3, "max_s": 1.0, "give_up_after_h": 24}, "p
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory):
-    from node.phantom import PhantomOptions, generate_phantom
-
-    return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=21, noise=0.15))
+def study(phantom_factory):
+    return phantom_factory(seed=11, noise=0.15)  # made once per session (tests/test_ingest.py's too)
 
 
 def pacs_for(node: NodeProcess, orthanc: Orthanc, **extra: object) -> dict:

@@ -29,10 +29,8 @@ pytestmark = pytest.mark.peer  # every test runs a node process and dcmtk or Ort
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory):
-    from node.phantom import PhantomOptions, generate_phantom
-
-    return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=11, noise=0.15))
+def study(phantom_factory):
+    return phantom_factory(seed=11, noise=0.15)  # made once per session (tests/test_export.py's too)
 
 
 def dataset_bytes(path: Path) -> bytes:

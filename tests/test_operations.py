@@ -21,10 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory):
-    from node.phantom import PhantomOptions, generate_phantom
-
-    return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=31, noise=0.15))
+def study(phantom_factory):
+    return phantom_factory(seed=31, noise=0.15)  # made once per session (tests/test_durability.py's too)
 
 
 def metric(text: str, name: str) -> float:
