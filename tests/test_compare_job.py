@@ -23,7 +23,7 @@ def push_in_turn(n: NodeProcess, *studies) -> dict:
     """Push studies one after the other, each quantified before the next; the last one's results.json."""
     for count, study in enumerate(studies, start=1):
         assert n.storescu(study.files).returncode == 0
-        wait_for(lambda count=count: len([j for j in n.jobs() if j["state"] == "done"]) == count, 120,
+        wait_for(lambda count=count: len([j for j in n.jobs() if j["state"] == "done"]) == count, 300,
                  f"job {count}")
     return json.loads((n.root / "results" / studies[-1].truth["study_instance_uid"] / "results.json").read_text())
 
@@ -131,7 +131,7 @@ def test_tsh_pair_compared_with_tracking_sr_and_side_by_side_page(peers, phantom
     job = next(j for j in n.jobs() if j["study_uid"] == two.truth["study_instance_uid"])
     assert n.cli("jobs", "retry", str(job["id"])).returncode == 0
     wait_for(lambda: n.db("SELECT state, attempts FROM jobs WHERE id=?", (job["id"],))[0]["attempts"] == 2
-             and n.db("SELECT state FROM jobs WHERE id=?", (job["id"],))[0]["state"] == "done", 120, "the rerun")
+             and n.db("SELECT state FROM jobs WHERE id=?", (job["id"],))[0]["state"] == "done", 300, "the rerun")
     again = json.loads((out2 / "results.json").read_text())["comparison"]["time_points"][1]
     assert (again["tsh_uiu_per_ml"], again["tsh_source"]) == (131.0, "sidecar late.json")
 
@@ -234,7 +234,7 @@ def test_prior_fetched_from_orthanc(peers, phantom_factory, retrieve: str) -> No
     n.start()
     assert n.storescu(two.files).returncode == 0
     uid1, uid2 = one.truth["study_instance_uid"], two.truth["study_instance_uid"]
-    wait_for(lambda: (n.root / "results" / uid2 / "results.json").is_file(), 180, "the second scan's results")
+    wait_for(lambda: (n.root / "results" / uid2 / "results.json").is_file(), 300, "the second scan's results")
     doc = json.loads((n.root / "results" / uid2 / "results.json").read_text())
     assert "prior_study_instance_uid" in doc.get("comparison", {}), (doc.get("comparison"), n.log()[-3000:])
     assert doc["comparison"]["prior_study_instance_uid"] == uid1
@@ -242,5 +242,5 @@ def test_prior_fetched_from_orthanc(peers, phantom_factory, retrieve: str) -> No
     assert any(r["category"].startswith("lost") for r in doc["comparison"]["lesions"])
     assert f"by C-{retrieve.upper()}" in n.log()
     # The retrieved prior is quantified as a study of its own, without asking the PACS in turn.
-    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 120, "the prior's own job")
+    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 300, "the prior's own job")
     assert n.log().count("for earlier studies of the patient") == 1 and n.log().count("retrieved (") == 1
