@@ -43,8 +43,13 @@ viewer:
 lint: venv
 	$(BIN)/ruff check node tests bench
 
+# Test files run in parallel (pytest-xdist), each file whole in one worker (--dist loadfile), in
+# collection order (--no-loadscope-reorder: xdist would start the files with most tests first, and the
+# longest file, test_compare_job.py with 5 tests, last). Most tests wait on node processes and peers,
+# so 2 workers pay off even on 2 cores (docs/testing.md). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: venv peers lint
-	$(BIN)/pytest -q --ignore=tests/test_viewers.py
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --ignore=tests/test_viewers.py
 
 # Several minutes (a node, Orthanc, dcmqi, a browser through one study): its own target, run by .ci/run.
 test-viewers: venv peers viewer

@@ -33,12 +33,25 @@ PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 _PORTS = random.Random(os.getpid())
 
 
+def _port_range() -> tuple[int, int]:
+    """20000-32000, split into disjoint slices when pytest-xdist runs workers in parallel
+    (PYTEST_XDIST_WORKER gw0, gw1, ...): two workers never draw the same port, even in the moment
+    between drawing it and the server binding it."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 0):
+        return 20000, 32000
+    width = 12000 // int(count)
+    start = 20000 + int(worker[2:]) % int(count) * width
+    return start, start + width
+
+
 def free_port() -> int:
     """A loopback port free now, taken below Linux's ephemeral range (32768-60999): a port the kernel
     hands out for port 0 is also what outgoing connections use, so a server started a moment later
     could find it taken ("Address already in use")."""
+    low, high = _port_range()
     for _ in range(200):
-        port = _PORTS.randrange(20000, 32000)
+        port = _PORTS.randrange(low, high)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

@@ -72,10 +72,9 @@ def test_matching_with_gate_and_categories() -> None:
 
 
 @pytest.mark.slow
-def test_rigid_registration_of_two_visits(tmp_path) -> None:
+def test_rigid_registration_of_two_visits(phantom_factory) -> None:
     from node.assemble import file_pixels
     from node.compare.register import register_rigid
-    from node.phantom import PhantomOptions, generate_phantom
     from node.quant.volume import assemble, resample_like
 
     def ct_on_pet(ph):
@@ -84,8 +83,8 @@ def test_rigid_registration_of_two_visits(tmp_path) -> None:
                           pixels=file_pixels)
         return resample_like(ct, pet, -1000.0)
 
-    one = generate_phantom(tmp_path / "1", PhantomOptions(seed=4, noise=0.15))
-    two = generate_phantom(tmp_path / "2", PhantomOptions(seed=4, noise=0.15, timepoint=2))
+    one = phantom_factory(seed=4, noise=0.15)  # the session's pair: the PET-PET test registers it too
+    two = phantom_factory(seed=4, noise=0.15, timepoint=2)
     reg = register_rigid(ct_on_pet(two), ct_on_pet(one))
     first = {r["name"]: r["center_mm"] for r in one.truth["regions"] if r["kind"] == "metastasis"}
     second = {r["name"]: r["center_mm"] for r in two.truth["regions"] if r["name"] in first}
@@ -98,16 +97,15 @@ def test_rigid_registration_of_two_visits(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_pet_to_pet_registration_without_ct(tmp_path) -> None:
+def test_pet_to_pet_registration_without_ct(phantom_factory) -> None:
     """Without CT the SUV volumes are registered (PET-PET fallback): lesion centroids within 3 mm."""
     from node.assemble import suv_volume_of
     from node.compare.register import coarse, register_rigid
-    from node.phantom import PhantomOptions, generate_phantom
 
     errors_all = []
     for seed in (4, 5):
-        one = generate_phantom(tmp_path / f"{seed}-1", PhantomOptions(seed=seed, noise=0.15))
-        two = generate_phantom(tmp_path / f"{seed}-2", PhantomOptions(seed=seed, noise=0.15, timepoint=2))
+        one = phantom_factory(seed=seed, noise=0.15)
+        two = phantom_factory(seed=seed, noise=0.15, timepoint=2)
         reg = register_rigid(coarse(suv_volume_of(two.pet_files)), coarse(suv_volume_of(one.pet_files)),
                              modality="PT")
         first = {r["name"]: r["center_mm"] for r in one.truth["regions"] if r["kind"] == "metastasis"}
@@ -169,13 +167,12 @@ def test_uptake_washout_fit_and_s_value_table() -> None:
 
 
 @pytest.mark.slow
-def test_affine_stage_after_rigid_keeps_lesions_within_3_mm(tmp_path) -> None:
+def test_affine_stage_after_rigid_keeps_lesions_within_3_mm(phantom_factory) -> None:
     from node.compare.register import register_rigid
     from node.compare.study import ct_on_coarse_grid
-    from node.phantom import PhantomOptions, generate_phantom
 
-    one = generate_phantom(tmp_path / "1", PhantomOptions(seed=5, noise=0.15))
-    two = generate_phantom(tmp_path / "2", PhantomOptions(seed=5, noise=0.15, timepoint=2))
+    one = phantom_factory(seed=5, noise=0.15)  # the session's pair: the PET-PET test registers it too
+    two = phantom_factory(seed=5, noise=0.15, timepoint=2)
     reg = register_rigid(ct_on_coarse_grid(two.ct_files), ct_on_coarse_grid(one.ct_files), affine=True)
     first = {r["name"]: r["center_mm"] for r in one.truth["regions"] if r["kind"] == "metastasis"}
     second = {r["name"]: r["center_mm"] for r in two.truth["regions"] if r["name"] in first}

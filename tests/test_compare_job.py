@@ -23,7 +23,7 @@ def push_in_turn(n: NodeProcess, *studies) -> dict:
     """Push studies one after the other, each quantified before the next; the last one's results.json."""
     for count, study in enumerate(studies, start=1):
         assert n.storescu(study.files).returncode == 0
-        wait_for(lambda count=count: len([j for j in n.jobs() if j["state"] == "done"]) == count, 120,
+        wait_for(lambda count=count: len([j for j in n.jobs() if j["state"] == "done"]) == count, 300,
                  f"job {count}")
     return json.loads((n.root / "results" / studies[-1].truth["study_instance_uid"] / "results.json").read_text())
 
@@ -53,13 +53,11 @@ def sr_groups(path: Path) -> list[dict]:
     return groups
 
 
-def test_tsh_pair_compared_with_tracking_sr_and_side_by_side_page(peers, tmp_path: Path) -> None:
+def test_tsh_pair_compared_with_tracking_sr_and_side_by_side_page(peers, phantom_factory, tmp_path: Path) -> None:
     """TSH 30 (from a sidecar CSV), then TSH 120 (from the header): the second scan's results compare
     lesion by lesion, keep scan 1's tracking UIDs in SEG and SR, and add a side-by-side SC page."""
-    from node.phantom import PhantomOptions, generate_phantom
-
-    one = generate_phantom(tmp_path / "t1", PhantomOptions(seed=4, noise=0.0, tsh=31))
-    two = generate_phantom(tmp_path / "t2", PhantomOptions(seed=4, noise=0.0, timepoint=2, tsh=120))
+    one = phantom_factory(seed=4, noise=0.0, tsh=31)
+    two = phantom_factory(seed=4, noise=0.0, timepoint=2, tsh=120)  # the session's copy: read, never changed
     sidecars = tmp_path / "tsh"
     sidecars.mkdir()
     (sidecars / "lab.csv").write_text(f"AccessionNumber,TSH\n{one.truth['accession_number']},28.5\n")
@@ -133,7 +131,7 @@ def test_tsh_pair_compared_with_tracking_sr_and_side_by_side_page(peers, tmp_pat
     job = next(j for j in n.jobs() if j["study_uid"] == two.truth["study_instance_uid"])
     assert n.cli("jobs", "retry", str(job["id"])).returncode == 0
     wait_for(lambda: n.db("SELECT state, attempts FROM jobs WHERE id=?", (job["id"],))[0]["attempts"] == 2
-             and n.db("SELECT state FROM jobs WHERE id=?", (job["id"],))[0]["state"] == "done", 120, "the rerun")
+             and n.db("SELECT state FROM jobs WHERE id=?", (job["id"],))[0]["state"] == "done", 300, "the rerun")
     again = json.loads((out2 / "results.json").read_text())["comparison"]["time_points"][1]
     assert (again["tsh_uiu_per_ml"], again["tsh_source"]) == (131.0, "sidecar late.json")
 
@@ -155,12 +153,10 @@ def _dose_rows(doc: dict, truths: list[dict], times: list[float]) -> list[tuple[
     return out
 
 
-def test_24h_and_96h_dosimetry_reproduces_the_analytic_dose(peers, tmp_path: Path) -> None:
+def test_24h_and_96h_dosimetry_reproduces_the_analytic_dose(peers, phantom_factory) -> None:
     """One administration imaged at 24 h and 96 h: per-lesion 131I dose within 5 % of the analytic dose
     of the same method from the phantom's true retention and mass, for lesions >= 2x the resolution."""
-    from node.phantom import PhantomOptions, generate_phantom
-
-    scans = [generate_phantom(tmp_path / str(t), PhantomOptions(seed=6, noise=0.0, uptake_h=t)) for t in (24, 96)]
+    scans = [phantom_factory(seed=6, noise=0.0, uptake_h=t) for t in (24.0, 96.0)]
     n = peers[1]()
     n.start()
     doc = push_in_turn(n, *scans)
@@ -201,13 +197,11 @@ def test_24h_and_96h_dosimetry_reproduces_the_analytic_dose(peers, tmp_path: Pat
     assert (table < 128).any()  # rows of the dose table are drawn
 
 
-def test_three_time_points_fit_uptake_and_washout(peers, tmp_path: Path) -> None:
+def test_three_time_points_fit_uptake_and_washout(peers, phantom_factory) -> None:
     """4 h, 24 h and 96 h after one administration: the uptake + washout fit reproduces the phantom's
     true time-integrated 131I dose (its uptake phase included) within 5 %."""
-    from node.phantom import PhantomOptions, generate_phantom
-
     times = [4.0, 24.0, 96.0]
-    scans = [generate_phantom(tmp_path / str(t), PhantomOptions(seed=6, noise=0.0, uptake_h=t)) for t in times]
+    scans = [phantom_factory(seed=6, noise=0.0, uptake_h=t) for t in times]  # 24 h and 96 h made once
     n = peers[1]()
     n.start()
     doc = push_in_turn(n, *scans)
@@ -221,13 +215,11 @@ def test_three_time_points_fit_uptake_and_washout(peers, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("retrieve", ["move", "get"])
-def test_prior_fetched_from_orthanc(peers, tmp_path: Path, retrieve: str) -> None:
+def test_prior_fetched_from_orthanc(peers, phantom_factory, retrieve: str) -> None:
     """The first scan is only in the PACS: the node finds it by C-FIND and fetches it by C-MOVE (to
     its own listener) or C-GET, then compares."""
-    from node.phantom import PhantomOptions, generate_phantom
-
-    one = generate_phantom(tmp_path / "t1", PhantomOptions(seed=4, noise=0.0))
-    two = generate_phantom(tmp_path / "t2", PhantomOptions(seed=4, noise=0.0, timepoint=2))
+    one = phantom_factory(seed=4, noise=0.0)
+    two = phantom_factory(seed=4, noise=0.0, timepoint=2, tsh=120)  # 120: a later time point's default
     make_orthanc, make_node = peers
     n = make_node()
     orthanc = make_orthanc(modalities={"node": [n.ae_title, "127.0.0.1", n.port]})
@@ -242,7 +234,7 @@ def test_prior_fetched_from_orthanc(peers, tmp_path: Path, retrieve: str) -> Non
     n.start()
     assert n.storescu(two.files).returncode == 0
     uid1, uid2 = one.truth["study_instance_uid"], two.truth["study_instance_uid"]
-    wait_for(lambda: (n.root / "results" / uid2 / "results.json").is_file(), 180, "the second scan's results")
+    wait_for(lambda: (n.root / "results" / uid2 / "results.json").is_file(), 300, "the second scan's results")
     doc = json.loads((n.root / "results" / uid2 / "results.json").read_text())
     assert "prior_study_instance_uid" in doc.get("comparison", {}), (doc.get("comparison"), n.log()[-3000:])
     assert doc["comparison"]["prior_study_instance_uid"] == uid1
@@ -250,5 +242,5 @@ def test_prior_fetched_from_orthanc(peers, tmp_path: Path, retrieve: str) -> Non
     assert any(r["category"].startswith("lost") for r in doc["comparison"]["lesions"])
     assert f"by C-{retrieve.upper()}" in n.log()
     # The retrieved prior is quantified as a study of its own, without asking the PACS in turn.
-    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 120, "the prior's own job")
+    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 300, "the prior's own job")
     assert n.log().count("for earlier studies of the patient") == 1 and n.log().count("retrieved (") == 1

@@ -27,10 +27,8 @@ FAST_EXPORT = {"retry": {"first_s": 0.3, "max_s": 1.0, "give_up_after_h": 24}, "
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory):
-    from node.phantom import PhantomOptions, generate_phantom
-
-    return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=31, noise=0.15))
+def study(phantom_factory):
+    return phantom_factory(seed=31, noise=0.15)  # made once per session (tests/test_operations.py's too)
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,8 @@ FAST_RETRY = {"retry": {"first_s": 0.3, "max_s": 1.0, "give_up_after_h": 24}, "p
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory):
-    from node.phantom import PhantomOptions, generate_phantom
-
-    return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=21, noise=0.15))
+def study(phantom_factory):
+    return phantom_factory(seed=11, noise=0.15)  # made once per session (tests/test_ingest.py's too)
 
 
 def pacs_for(node: NodeProcess, orthanc: Orthanc, **extra: object) -> dict:
@@ -47,7 +45,7 @@ def test_results_reach_orthanc_in_the_same_study(peers, study) -> None:
     n.start()
     assert n.storescu(study.files).returncode == 0
     uid = study.truth["study_instance_uid"]
-    wait_for(lambda: result_classes(orthanc, uid) == sorted([SEG, SR_3D, SC]), 90, "SEG, SR and SC in Orthanc")
+    wait_for(lambda: result_classes(orthanc, uid) == sorted([SEG, SR_3D, SC]), 300, "SEG, SR and SC in Orthanc")
     instances = {i["SOPClassUID"]: i for i in orthanc.study_instances(uid)}
     for cls in (SEG, SR_3D, SC):
         tags = orthanc.get(f"/instances/{instances[cls]['id']}/tags?simplify")  # Orthanc parsed them
@@ -66,13 +64,13 @@ def test_orthanc_down_then_up(peers, study) -> None:
     n.config_path.write_text(yaml.safe_dump({**yaml.safe_load(n.config_path.read_text()), **pacs_for(n, orthanc)}))
     n.start()
     assert n.storescu(study.files).returncode == 0
-    wait_for(lambda: [r for r in n.db("SELECT * FROM outbox") if r["attempts"] >= 2], 90, "failed attempts")
+    wait_for(lambda: [r for r in n.db("SELECT * FROM outbox") if r["attempts"] >= 2], 300, "failed attempts")
     assert all(r["state"] == "pending" for r in n.db("SELECT * FROM outbox"))
     wait_for(lambda: "cannot connect" in n.log(), 10, "the connection failure in the log")
     orthanc.start()
     uid = study.truth["study_instance_uid"]
-    wait_for(lambda: result_classes(orthanc, uid) == sorted([SEG, SR_3D, SC]), 60, "delivery after Orthanc starts")
-    wait_for(lambda: {r["state"] for r in n.db("SELECT state FROM outbox")} == {"delivered"}, 30, "outbox done")
+    wait_for(lambda: result_classes(orthanc, uid) == sorted([SEG, SR_3D, SC]), 120, "delivery after Orthanc starts")
+    wait_for(lambda: {r["state"] for r in n.db("SELECT state FROM outbox")} == {"delivered"}, 60, "outbox done")
 
 
 def test_wrong_port_dead_letter_then_retry_after_fix(peers, study) -> None:
@@ -87,7 +85,7 @@ def test_wrong_port_dead_letter_then_retry_after_fix(peers, study) -> None:
     n.start()
     assert n.storescu(study.files).returncode == 0
     rows = wait_for(lambda: (lambda dead: dead if len(dead) == 3 else None)(
-        [r for r in n.db("SELECT * FROM outbox") if r["state"] == "dead"]), 90, "three dead letters")
+        [r for r in n.db("SELECT * FROM outbox") if r["state"] == "dead"]), 300, "three dead letters")
     assert "gave up after" in rows[0]["last_error"] and "cannot connect" in rows[0]["last_error"]
     job_id = rows[0]["job_id"]
     listing = n.cli("jobs")
@@ -111,7 +109,7 @@ def test_rejected_called_ae_is_dead_at_once(peers, study) -> None:
     n.config_path.write_text(yaml.safe_dump({**yaml.safe_load(n.config_path.read_text()), **cfg}))
     n.start()
     assert n.storescu(study.files).returncode == 0
-    rows = wait_for(lambda: [r for r in n.db("SELECT * FROM outbox") if r["state"] == "dead"] or None, 90,
+    rows = wait_for(lambda: [r for r in n.db("SELECT * FROM outbox") if r["state"] == "dead"] or None, 300,
                     "dead letters")
     assert rows[0]["attempts"] == 1 and "rejected permanently" in rows[0]["last_error"]
     assert "called AE title not recognised" in rows[0]["last_error"]
@@ -127,7 +125,7 @@ def test_kill_between_results_and_delivery_delivers_exactly_once(peers, study, t
                       env={"IODINE_NODE_FAULT_EXPORT_DELAY_S": "120"})
         n.start()
         assert n.storescu(study.files).returncode == 0
-        wait_for(lambda: len(n.db("SELECT * FROM outbox WHERE state='pending'")) == 3, 60, "results in the outbox")
+        wait_for(lambda: len(n.db("SELECT * FROM outbox WHERE state='pending'")) == 3, 300, "results in the outbox")
         n.kill9()
         assert receiver.received() == []
         n.env.pop("IODINE_NODE_FAULT_EXPORT_DELAY_S")
@@ -160,7 +158,7 @@ def test_stow_rs_to_orthanc_dicomweb_and_folder_routing(peers, study, tmp_path: 
     n.start()
     assert n.storescu(study.files).returncode == 0
     uid = study.truth["study_instance_uid"]
-    wait_for(lambda: result_classes(orthanc, uid) == sorted([SEG, SR_3D, SC]), 90, "STOW-RS delivery")
+    wait_for(lambda: result_classes(orthanc, uid) == sorted([SEG, SR_3D, SC]), 300, "STOW-RS delivery")
     files = wait_for(lambda: list(folder.rglob("*.dcm")) or None, 30, "the folder copy")
     assert len(files) == 1 and files[0].parent.name == uid
     assert pydicom.dcmread(files[0]).SOPClassUID == SR_3D  # routing: only the SR goes to the share

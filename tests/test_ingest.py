@@ -29,10 +29,8 @@ pytestmark = pytest.mark.peer  # every test runs a node process and dcmtk or Ort
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory):
-    from node.phantom import PhantomOptions, generate_phantom
-
-    return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=11, noise=0.15))
+def study(phantom_factory):
+    return phantom_factory(seed=11, noise=0.15)  # made once per session (tests/test_export.py's too)
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -77,7 +75,7 @@ def test_push_study_stores_bytes_and_queues_one_job(node, study) -> None:
         assert stored.name == f"{sop}.dcm" and stored.parent.parent.name == uid
         assert dataset_bytes(stored) == dataset_bytes(original)  # byte for byte as sent
         assert (row["source"], row["calling_ae"]) == ("dicom", "STORESCU")
-    jobs = wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 30, "the quantify job to finish")
+    jobs = wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 300, "the quantify job to finish")
     assert len(n.jobs()) == 1
     payload = json.loads(jobs[0]["payload"])
     assert payload["pet_series"] == [study.truth["series"]["pet"]["series_instance_uid"]]
@@ -105,9 +103,9 @@ def test_late_instance_reopens_study_and_supersedes(node, study, tmp_path: Path)
     n = node()
     first = [f for f in study.files if f.name != "CT_0001.dcm"]
     assert n.storescu(first).returncode == 0
-    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 30, "first job")
+    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 300, "first job")
     assert n.storescu([study.out_dir / "CT" / "CT_0001.dcm"]).returncode == 0
-    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 30, "second job")
+    wait_for(lambda: len([j for j in n.jobs() if j["state"] == "done"]) == 2, 300, "second job")
     jobs = n.jobs()
     assert len(jobs) == 2 and jobs[0]["superseded_by"] == jobs[1]["id"] and jobs[1]["superseded_by"] is None
 
@@ -141,7 +139,7 @@ def test_four_concurrent_associations(node, study) -> None:
         t.join()
     assert [r.returncode for r in results] == [0, 0, 0, 0]
     assert n.instance_count(study.truth["study_instance_uid"]) == len(files)
-    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 30, "the job")
+    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 300, "the job")
     assert len(n.jobs()) == 1
 
 
@@ -234,17 +232,17 @@ def test_kill_during_push_loses_nothing_acknowledged(node, study, tmp_path: Path
     # The sender's retry completes the study; exactly one job runs.
     assert n.storescu(files).returncode == 0
     assert n.instance_count(study.truth["study_instance_uid"]) == len(files)
-    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 30, "the job")
+    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 300, "the job")
 
 
 def test_job_interrupted_by_kill_runs_again_after_restart(node, study, tmp_path: Path) -> None:
     n = node(env={"IODINE_NODE_FAULT_JOB_SLEEP_S": "60"})
     assert n.storescu(study.files).returncode == 0
-    wait_for(lambda: [j for j in n.jobs() if j["state"] == "running"], 30, "the job to run")
+    wait_for(lambda: [j for j in n.jobs() if j["state"] == "running"], 120, "the job to run")
     n.kill9()
     n.env.pop("IODINE_NODE_FAULT_JOB_SLEEP_S")
     n.start()
-    (job,) = wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 60, "the job to run again")
+    (job,) = wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 300, "the job to run again")
     assert job["attempts"] == 2 and len(n.jobs()) == 1
     assert "1 interrupted job(s) queued again" in n.log()
 
@@ -252,20 +250,20 @@ def test_job_interrupted_by_kill_runs_again_after_restart(node, study, tmp_path:
 def test_worker_crash_fails_job_then_retry(node, study) -> None:
     n = node(env={"IODINE_NODE_FAULT_JOB_SLEEP_S": "3"})
     assert n.storescu(study.pet_files + study.ct_files).returncode == 0
-    wait_for(lambda: [j for j in n.jobs() if j["state"] == "running"], 30, "the job to run")
+    wait_for(lambda: [j for j in n.jobs() if j["state"] == "running"], 120, "the job to run")
     assert n.proc is not None
     workers = wait_for(lambda: [p for p in pid_children(n.proc.pid)
                                 if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()], 10, "a worker process")
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
-    (job,) = wait_for(lambda: [j for j in n.jobs() if j["state"] == "failed"], 30, "the job to fail")
+    (job,) = wait_for(lambda: [j for j in n.jobs() if j["state"] == "failed"], 120, "the job to fail")
     assert "worker process died" in job["error"]
     listing = n.cli("jobs")
     assert "failed" in listing.stdout and "worker process died" in listing.stdout
     assert n.echoscu().returncode == 0  # the listener survived
     retry = n.cli("jobs", "retry", str(job["id"]))
     assert retry.returncode == 0 and f"job {job['id']} queued again" in retry.stdout
-    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 60, "the retried job")
+    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 300, "the retried job")
     bad = n.cli("jobs", "retry", "999")
     assert bad.returncode == 1 and "no job with id 999" in bad.stderr
 

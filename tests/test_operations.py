@@ -21,10 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory):
-    from node.phantom import PhantomOptions, generate_phantom
-
-    return generate_phantom(tmp_path_factory.mktemp("study"), PhantomOptions(seed=31, noise=0.15))
+def study(phantom_factory):
+    return phantom_factory(seed=31, noise=0.15)  # made once per session (tests/test_durability.py's too)
 
 
 def metric(text: str, name: str) -> float:
@@ -43,7 +41,7 @@ def test_health_metrics_and_jobs_follow_a_push(node, study) -> None:
     before = n.http_get("/metrics")[1]
     assert metric(before, "iodine_instances_received_total") == 0
     assert n.storescu(study.files).returncode == 0
-    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 60, "the job")
+    wait_for(lambda: [j for j in n.jobs() if j["state"] == "done"], 300, "the job")
     after = wait_for(lambda: (lambda t: t if metric(t, "iodine_processing_seconds_count") == 1 else None)(
         n.http_get("/metrics")[1]), 10, "the processing histogram")
     assert metric(after, "iodine_instances_received_total") == len(study.files)

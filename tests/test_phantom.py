@@ -31,13 +31,12 @@ def parse_dt(value: str) -> datetime:
     return datetime.strptime(value.split(".")[0][:14], "%Y%m%d%H%M%S")
 
 
-def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
-    opts = PhantomOptions(seed=7, noise=0.15)
-    a = generate_phantom(tmp_path / "a", opts)
-    b = generate_phantom(tmp_path / "b", opts)
+def test_same_seed_same_bytes_other_seed_differs(phantom_factory, tmp_path: Path) -> None:
+    a = phantom_factory(seed=1, noise=0.15)  # generated once per session (other tests read it too)
+    b = generate_phantom(tmp_path / "b", PhantomOptions(seed=1, noise=0.15))  # made again here
     c = generate_phantom(tmp_path / "c", PhantomOptions(seed=8, noise=0.15))
     assert digest(a.files) == digest(b.files)
-    assert (tmp_path / "a/truth.json").read_bytes() == (tmp_path / "b/truth.json").read_bytes()
+    assert (a.out_dir / "truth.json").read_bytes() == (b.out_dir / "truth.json").read_bytes()
     assert digest(a.files) != digest(c.files)
     assert a.truth["study_instance_uid"] != c.truth["study_instance_uid"]
     lesions_a = {r["name"]: r["center_mm"] for r in a.truth["regions"] if r["kind"] == "metastasis"}
@@ -162,9 +161,9 @@ def test_ge_and_philips_vendor_specifics(phantom_factory) -> None:
     assert float(ph[0x70531000].value) > 0 and float(ph[0x70531009].value) > 0
 
 
-def test_second_timepoint_same_patient_new_study(tmp_path: Path) -> None:
-    one = generate_phantom(tmp_path / "t1", PhantomOptions(seed=4, noise=0.0))
-    two = generate_phantom(tmp_path / "t2", PhantomOptions(seed=4, noise=0.0, timepoint=2, tsh=120))
+def test_second_timepoint_same_patient_new_study(phantom_factory) -> None:
+    one = phantom_factory(seed=4, noise=0.0)
+    two = phantom_factory(seed=4, noise=0.0, timepoint=2, tsh=120)
     a, b = one.truth, two.truth
     assert a["patient"]["id"] == b["patient"]["id"]
     assert a["study_instance_uid"] != b["study_instance_uid"]
@@ -226,9 +225,9 @@ def test_cli_phantom(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 
 @pytest.mark.peer
-def test_realistic_is_deterministic_and_dciodvfy_clean(tmp_path: Path) -> None:
+def test_realistic_is_deterministic_and_dciodvfy_clean(phantom_factory, tmp_path: Path) -> None:
     opts = PhantomOptions(seed=2, realistic=True, noise=0.3)
-    a = generate_phantom(tmp_path / "a", opts)
+    a = phantom_factory(seed=2, realistic=True, noise=0.3)  # the session's copy (tests/test_realistic.py's too)
     b = generate_phantom(tmp_path / "b", opts)
     assert digest(a.files) == digest(b.files)
     classic = generate_phantom(tmp_path / "c", PhantomOptions(seed=2, noise=0.3))
