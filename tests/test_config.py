@@ -86,7 +86,7 @@ def test_port_out_of_range(tmp_path: Path) -> None:
 
 def test_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
     assert problems(tmp_path, "node: {ae_titel: X}\n") == [
-        "node.ae_titel: unknown key; expected one of: ae_title, bind, port, tls, max_associations, limits"
+        "node.ae_titel: unknown key; expected one of: ae_title, bind, port, tls, max_associations, listener_processes, limits"
     ]
     assert problems(tmp_path, "nodes: {}\n") == [
         "nodes: unknown key; expected one of: node, storage, index, ingest, processing, quantification, comparison, "

@@ -11,10 +11,10 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
 from node.config import parse_config
-from node.store import Store, open_store
 from node.ingest.ingestor import Ingestor
 from node.ingest.listener import Listener
 from node.ingest.spool import Spool
+from node.store import Store, open_store
 from tests.peers import free_port
 
 
