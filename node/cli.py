@@ -115,7 +115,6 @@ def _cmd_suv(args: argparse.Namespace) -> int:
     import pydicom
     import SimpleITK as sitk
 
-    from node.quant.study import settings_from_config
     from node.quant.suv import SuvError, compute_suv
     from node.quant.volume import VolumeError, assemble
 
@@ -136,7 +135,7 @@ def _cmd_suv(args: argparse.Namespace) -> int:
     try:
         volume, order = assemble(datasets, f"series in {args.series_dir}")
         ordered = [datasets[i] for i in order]
-        calc = compute_suv(ordered, settings_from_config(config.quantification).suv)
+        calc = compute_suv(ordered, config.quantification.settings.suv)
     except (VolumeError, SuvError) as exc:
         print(f"iodine-node suv: {exc}", file=sys.stderr)
         return 1
@@ -165,7 +164,7 @@ def _cmd_suv(args: argparse.Namespace) -> int:
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
-    from node.quant.study import StudyError, group_by_study, process_study, settings_from_config, write_study_outputs
+    from node.quant.study import StudyError, group_by_study, process_study, write_study_outputs
     from node.quant.suv import SuvError
     from node.quant.volume import VolumeError
     from node.uids import is_valid_uid
@@ -173,7 +172,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return EXIT_USAGE
-    settings = settings_from_config(config.quantification)
+    settings = config.quantification.settings
     studies, skipped = group_by_study(_dicom_files(Path(args.input_dir)))
     for line in skipped:
         print(f"skipped (not DICOM): {line}", file=sys.stderr)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from node import results_store
 from node.crashpoints import crash_point
+from node.fsutil import fsync_dir
 from node.index import DELETED, DELETING, PENDING, RUNNING, Index
-from node.ingest.spool import fsync_dir
 from node.uids import is_valid_uid
 
 log = logging.getLogger(__name__)

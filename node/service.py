@@ -11,7 +11,6 @@ from typing import Any
 
 from node import results_store
 from node.audit import AuditLog
-from node.compare.study import comparison_settings_from_config
 from node.config import NodeConfig
 from node.export.sender import Sender
 from node.index import Index
@@ -23,8 +22,8 @@ from node.jobs import JobRunner
 from node.metrics import Metrics
 from node.monitor import CompletionMonitor
 from node.periodic import Periodic
-from node.quant.study import settings_from_config
 from node.retention import apply_retention, finish_interrupted_deletions
+from node.retrieve import RetrieveStage
 from node.status_http import StatusServer
 
 log = logging.getLogger(__name__)
@@ -48,10 +47,15 @@ class NodeService:
         self.monitor = CompletionMonitor(self.index, config.ingest.stable_after_s, config.ingest.force_after_s,
                                          config.ingest.poll_s)
         self.runner = JobRunner(self.index, self.root, config.processing.workers,
-                                settings_from_config(config.quantification), config.processing.max_memory_mb,
-                                destinations=config.destinations, metrics=self.metrics,
-                                comparison=comparison_settings_from_config(config.comparison, config.node.ae_title))
+                                config.quantification.settings, config.processing.max_memory_mb,
+                                destinations=config.destinations, metrics=self.metrics, comparison=config.comparison)
         self.sender = Sender(self.index, self.root, config, self.metrics, self.audit)
+        # Priors from the PACS are retrieved between completion and the quantify job (node/retrieve.py).
+        query = config.comparison.priors.query
+        self.retrieve = RetrieveStage(query.for_node(config.node.ae_title) if query else None,
+                                      config.comparison.prior_window_days, self.index, self.root, self.spool,
+                                      self.ingestor)
+        self.monitor.gate = self.retrieve.ready
         self.monitor.audit = self.audit
         retention = config.storage.retention
         self.retention = (Periodic("retention", lambda: apply_retention(self.index, self.root, retention.inputs_days,
@@ -123,6 +127,7 @@ class NodeService:
                          ae_title=self.config.node.ae_title, port=self.config.node.port)
         self.runner.start()
         self.sender.start()
+        self.retrieve.start()
         self.monitor.start()
         if self.watch:
             self.watch.start()
@@ -144,6 +149,7 @@ class NodeService:
         if self.watch:
             self.watch.stop()
         self.monitor.stop()
+        self.retrieve.stop()
         self.runner.stop()
         self.sender.stop()
         self.audit.event("node-stopped")
