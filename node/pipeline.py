@@ -1,8 +1,11 @@
-"""What a job does, run inside a worker process (never in the listener's process).
+"""The quantify job, run inside a worker process (never in the listener's process).
 
-`quantify` runs the same study pipeline as `iodine-node process` on the series the completion
-rules selected and writes its results, fsynced, into a staging folder; the service publishes that
-folder (node.results_store) only if the job was not superseded meanwhile.
+It only reads: the index (opened read-only) and the stored instances. `quantify` runs the same study
+pipeline as `iodine-node process` on the series the completion rules selected, relates the study to
+earlier scans already in the node (node.compare.prior_scans; priors from the PACS were retrieved by the
+retrieve stage before this job was queued, node.retrieve) and writes its results, fsynced, into a
+staging folder of its own; the service publishes that folder (node.results_store) only if the job was
+not superseded meanwhile.
 """
 
 from __future__ import annotations
