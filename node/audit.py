@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.ingest.spool import fsync_file
+from node.fsutil import fsync_file
 
 
 class AuditLog:

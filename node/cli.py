@@ -114,7 +114,7 @@ def _cmd_suv(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from node.assemble import file_pixels, read_header
-    from node.quant.study import settings_from_config, suv_volume
+    from node.quant.study import suv_volume
     from node.quant.suv import SuvError
     from node.quant.suvtypes import UNITS, ratio_to_bw
     from node.quant.volume import VolumeError
@@ -134,7 +134,7 @@ def _cmd_suv(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        suv, _, calc = suv_volume(datasets, settings_from_config(config.quantification).suv, file_pixels,
+        suv, _, calc = suv_volume(datasets, config.quantification.settings.suv, file_pixels,
                                   suv_type=args.type, label=f"series in {args.series_dir}")
         ratio = ratio_to_bw(calc.patient, args.type)
     except (VolumeError, SuvError) as exc:
@@ -158,7 +158,7 @@ def _cmd_suv(args: argparse.Namespace) -> int:
 def _cmd_process(args: argparse.Namespace) -> int:
     from node.assemble import group_by_study, process_study
     from node.output.files import write_study_outputs
-    from node.quant.study import StudyError, settings_from_config
+    from node.quant.study import StudyError
     from node.quant.suv import SuvError
     from node.quant.volume import VolumeError
     from node.uids import is_valid_uid
@@ -166,7 +166,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return EXIT_USAGE
-    settings = settings_from_config(config.quantification)
+    settings = config.quantification.settings
     if args.workers is not None or args.scheduler is not None:
         return _process_batch(args, settings)
     studies, skipped = group_by_study(_dicom_files(Path(args.input_dir)))

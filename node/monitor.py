@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from node.audit import AuditLog
 from node.completion import assess_study
@@ -23,6 +24,8 @@ class CompletionMonitor:
         self.force_after_s = force_after_s
         self._periodic = Periodic("completion", self.check_once, poll_s)
         self.audit: AuditLog | None = None
+        # Asked before a complete study's job is queued (the retrieve stage: priors first); False = later.
+        self.gate: Callable[[str, float], bool] | None = None
 
     def start(self) -> None:
         self._periodic.start()
@@ -45,6 +48,8 @@ class CompletionMonitor:
                     log.info("study %s: %s", snap.study_uid, verdict.reason)
                 continue
             if not verdict.ready:
+                continue
+            if self.gate is not None and not self.gate(snap.study_uid, snap.last_received):
                 continue
             n_instances = sum(s.instance_count for s in snap.series)
             payload = {"pet_series": list(verdict.pet_series), "ct_series": verdict.ct_series,

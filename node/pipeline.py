@@ -1,8 +1,11 @@
-"""What a job does, run inside a worker process (never in the listener's process).
+"""The quantify job, run inside a worker process (never in the listener's process).
 
-`quantify` runs the same study pipeline as `iodine-node process` on the series the completion
-rules selected and writes its results, fsynced, into a staging folder; the service publishes that
-folder (node.results_store) only if the job was not superseded meanwhile.
+It only reads: the index (opened read-only) and the stored instances. `quantify` runs the same study
+pipeline as `iodine-node process` on the series the completion rules selected, relates the study to
+earlier scans already in the node (node.compare.prior_scans; priors from the PACS were retrieved by the
+retrieve stage before this job was queued, node.retrieve) and writes its results, fsynced, into a
+staging folder of its own; the service publishes that folder (node.results_store) only if the job was
+not superseded meanwhile.
 """
 
 from __future__ import annotations
@@ -15,23 +18,20 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pydicom
 
-from node.assemble import SeriesFiles, process_study, suv_volume_of
-from node.compare.priors import retrieve_priors, was_retrieved
-from node.compare.register import coarse
-from node.compare.study import ComparisonSettings, ScanView, ct_on_coarse_grid, inherit_tracking, relate_scans
+from node.assemble import SeriesFiles, process_study
+from node.compare.prior_scans import Related, relate_to_priors
+from node.compare.study import ComparisonSettings
 from node.crashpoints import crash_point
 from node.encode.identity import inputs_digest
-from node.encode.sc import PriorView
 from node.quant.study import QuantSettings, StudyError
 from node.quant.suv import SuvError
 from node.quant.volume import VolumeError
-from node.results_store import new_staging, publish, stage_outputs
+from node.results_store import RESULTS, new_staging, stage_outputs
 from node.store import Store, open_store
 from node.uids import is_valid_uid
 
@@ -81,11 +81,13 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
     except (StudyError, SuvError, VolumeError) as exc:
         raise JobError(str(exc)) from None
     primary, doc = results[0]
-    prior_view = None
+    related = Related(None)
+    current_ct = series[doc["ct_series_instance_uid"]].paths if doc.get("ct_series_instance_uid") in series else []
     # A failed comparison is recorded in the results; it must never lose the quantification.
     try:
-        prior_view = relate_to_priors(storage_root, study_uid, primary, doc, series,
-                                      comparison or ComparisonSettings(), settings)
+        with _index(storage_root) as conn:
+            related = relate_to_priors(IndexScans(conn, storage_root), study_uid, primary, doc, current_ct,
+                                       comparison or ComparisonSettings(), settings)
     except Exception as exc:
         log.exception("study %s: relating to earlier scans failed", study_uid)
         doc["comparison"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -95,10 +97,10 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
     findings = json.dumps([{k: v for k, v in d.items() if k != "seconds"} for _, d in results], sort_keys=True,
                           default=str).encode()
     inputs = inputs_digest([p.stem for s in series.values() for p in s.paths],
-                           [*_priors_used(storage_root, study_uid, [d for _, d in results]), ("findings", findings)])
+                           [*related.priors_used, ("findings", findings)])
     staging = new_staging(storage_root, study_uid)
     try:
-        written = stage_outputs(staging, results, settings, prior_view, inputs)
+        written = stage_outputs(staging, results, settings, related.prior_view, inputs)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -128,18 +130,6 @@ def run_quantify(storage_root: Path, study_uid: str, payload: dict[str, Any],
             "files": [str(p.relative_to(staging)) for p in written], "objects": objects, "series": summary}
 
 
-def _priors_used(storage_root: Path, study_uid: str, docs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
-    """(StudyInstanceUID, results.json bytes) of every earlier scan the comparison used."""
-    uids = {p["study_instance_uid"] for doc in docs for section in ("comparison", "dosimetry")
-            if isinstance(doc.get(section), dict) for p in doc[section].get("time_points", [])
-            if p.get("study_instance_uid") and p["study_instance_uid"] != study_uid}
-    out = []
-    for uid in sorted(u for u in uids if is_valid_uid(u)):
-        path = storage_root / "results" / uid / "results.json"
-        out.append((uid, path.read_bytes() if path.is_file() else b""))
-    return out
-
-
 def _earlier_studies(conn: Store, study_uid: str) -> tuple[tuple[str, str] | None, list[str]]:
     me = conn.studies.study_info(study_uid)
     if me is None or not me.patient_id:
@@ -167,98 +157,34 @@ def _index(storage_root: Path) -> Iterator[Store]:
         conn.close()
 
 
-def _in_window(when: datetime, reference: datetime, window_s: float) -> bool:
-    return when < reference and (reference - when).total_seconds() <= window_s
+def _study_date(conn: Store, study_uid: str) -> str | None:
+    info = conn.studies.study_info(study_uid)
+    return info.study_date if info else None
 
 
-def _study_day(study_date: str | None) -> datetime | None:
-    try:
-        return datetime.strptime(str(study_date or ""), "%Y%m%d")
-    except ValueError:
-        return None
+class IndexScans:
+    """The other studies of the node as relating to priors reads them (node.compare.prior_scans.ScanSource):
+    the index read-only, the stored instances and published results."""
 
+    def __init__(self, conn: Store, storage_root: Path) -> None:
+        self.conn = conn
+        self.root = storage_root
 
-def _prior_doc(storage_root: Path, conn: Store, uid: str, quant: QuantSettings, reference: datetime,
-               window_s: float) -> dict[str, Any] | None:
-    """An earlier scan's results within the window: stored ones, or (a study retrieved from the PACS
-    and not yet quantified) quantified now and stored for reuse."""
-    path = storage_root / "results" / uid / "results.json"
-    if path.is_file():
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        # Only quantify what can be in the window (StudyDate: a day's resolution). Without a
-        # readable StudyDate the exact reference time decides after quantification, below.
-        info = conn.studies.study_info(uid)
-        day = _study_day(info.study_date if info else None)
-        if day is not None and not _in_window(day, reference, window_s + 86400):
-            return None
-        series = _study_series(conn, storage_root, uid)
-        if not any(s.modality == "PT" for s in series.values()):
-            return None
-        try:
-            results = process_study(series, quant)
-        except (StudyError, SuvError, VolumeError) as exc:
-            log.warning("prior study %s cannot be quantified: %s", uid, exc)
-            return None
-        # No job of its own publishes it: published here (atomically, like a job's results) for reuse.
-        staging = new_staging(storage_root, uid)
-        stage_outputs(staging, results, quant)
-        published = publish(storage_root, uid, staging, f"prior-{os.getpid()}-{time.time_ns()}")
-        doc = json.loads((published / "results.json").read_text(encoding="utf-8"))  # with its tracking UIDs
-    if not doc.get("reference_datetime") or not doc.get("injection_datetime") or not doc.get("injected_activity_bq"):
-        return None
-    return doc if _in_window(datetime.fromisoformat(doc["reference_datetime"]), reference, window_s) else None
+    def earlier_studies(self, study_uid: str) -> list[str]:
+        return _earlier_studies(self.conn, study_uid)[1]
 
+    def study_date(self, study_uid: str) -> str | None:
+        return _study_date(self.conn, study_uid)
 
-def _scan_view(storage_root: Path, conn: Store, doc: dict[str, Any], quant: QuantSettings,
-               need_pet: bool) -> ScanView:
-    """What registration needs of an earlier scan (CT on a coarse grid, or its SUV without CT), and its
-    SUV at full resolution (local noise for change limits and dose uncertainty)."""
-    ct = _series_files(conn, storage_root, doc["ct_series_instance_uid"]) if doc.get("ct_series_instance_uid") else []
-    pet = _series_files(conn, storage_root, doc["pet_series_instance_uid"])
-    suv = suv_volume_of(pet, quant.suv) if pet else None
-    return ScanView(doc, pydicom.dcmread(pet[0], stop_before_pixels=True) if pet else pydicom.Dataset(),
-                    ct_on_coarse_grid(ct) if ct else None,
-                    coarse(suv) if suv is not None and (need_pet or not ct) else None, suv)
+    def series_files(self, series_uid: str) -> list[Path]:
+        return _series_files(self.conn, self.root, series_uid)
 
+    def study_series(self, study_uid: str) -> dict[str, SeriesFiles]:
+        return _study_series(self.conn, self.root, study_uid)
 
-def relate_to_priors(storage_root: Path, study_uid: str, result: Any, doc: dict[str, Any],
-                     series: dict[str, SeriesFiles], settings: ComparisonSettings,
-                     quant: QuantSettings) -> PriorView | None:
-    """Find earlier scans of the same patient (this node first; the PACS when configured), add
-    `comparison` / `dosimetry` to doc, carry tracking UIDs over; returns what the side-by-side
-    page needs, or None."""
-    if not doc.get("reference_datetime") or not doc.get("injection_datetime"):
-        return None
-    reference = datetime.fromisoformat(doc["reference_datetime"])
-    window_s = settings.prior_window_days * 86400
-    current_ct = series[doc["ct_series_instance_uid"]].paths if doc.get("ct_series_instance_uid") in series else []
-    if settings.query is not None and not was_retrieved(storage_root, study_uid):
-        with _index(storage_root) as conn:
-            patient, known = _earlier_studies(conn, study_uid)
-        if patient is not None:
-            retrieved = retrieve_priors(settings.query, patient[0], patient[1], study_uid, reference,
-                                        settings.prior_window_days, set(known), storage_root)
-            if retrieved:
-                log.info("study %s: %d prior study(ies) retrieved from the PACS", study_uid, len(retrieved))
-    with _index(storage_root) as conn:
-        _, others = _earlier_studies(conn, study_uid)
-        docs = [d for d in (_prior_doc(storage_root, conn, uid, quant, reference, window_s)
-                            for uid in others if is_valid_uid(uid)) if d is not None]
-        priors = [_scan_view(storage_root, conn, d, quant, need_pet=not current_ct) for d in docs]
-        if not priors:
-            return None
-        current = ScanView(doc, result.pet_headers[0], ct_on_coarse_grid(current_ct) if current_ct else None,
-                           coarse(result.suv_volume) if not current_ct or any(p.ct is None for p in priors) else None,
-                           result.suv_volume)
-        log.info("study %s: relating to %d earlier scan(s): %s", study_uid, len(priors),
-                 ", ".join(p.doc["study_instance_uid"] for p in priors))
-        sections, pairing, compared = relate_scans(result.suv_volume, current, priors, settings)
-        doc.update(sections)
-        inherit_tracking(doc, pairing)
-    if compared is None:
-        return None
-    return PriorView(compared.doc, compared.suv) if compared.suv is not None else None
+    def stored_results(self, study_uid: str) -> dict[str, Any] | None:
+        path = self.root / RESULTS / study_uid / "results.json"
+        return json.loads(path.read_text(encoding="utf-8")) if is_valid_uid(study_uid) and path.is_file() else None
 
 
 def run_job(kind: str, storage_root: str, study_uid: str, payload: dict[str, Any],

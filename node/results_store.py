@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from node.ingest.spool import fsync_dir, fsync_file
+from node.fsutil import fsync_dir, fsync_tree
 from node.uids import is_valid_uid
 
 OUTPUTS, RESULTS, STAGING = "outputs", "results", ".staging"
@@ -50,14 +50,6 @@ def clear_staging(root: Path) -> int:
         shutil.rmtree(p, ignore_errors=True)
         n += 1
     return n
-
-
-def fsync_tree(path: Path) -> None:
-    """fsync every file, then every folder bottom-up, so the folder's entries are durable too."""
-    for dirpath, _dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            fsync_file(Path(dirpath) / name)
-        fsync_dir(Path(dirpath))
 
 
 def stage_outputs(staging: Path, results: Sequence[tuple[Any, dict[str, Any]]], settings: Any, prior: Any = None,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from node import results_store
 from node.crashpoints import crash_point
-from node.ingest.spool import fsync_dir
+from node.fsutil import fsync_dir
 from node.store import Store, StudyState
 from node.uids import is_valid_uid
 

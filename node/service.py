@@ -12,7 +12,6 @@ from typing import Any
 
 from node import results_store
 from node.audit import AuditLog
-from node.compare.study import comparison_settings_from_config
 from node.config import NodeConfig
 from node.export.sender import Sender
 from node.ingest.ingestor import Ingestor
@@ -24,8 +23,8 @@ from node.jobs import JobRunner
 from node.metrics import Metrics, clean_multiprocess_dir
 from node.monitor import CompletionMonitor
 from node.periodic import Periodic
-from node.quant.study import settings_from_config
 from node.retention import apply_retention, finish_interrupted_deletions
+from node.retrieve import RetrieveStage
 from node.status_http import StatusServer
 from node.store import DeliveryState, open_store
 
@@ -56,11 +55,16 @@ class NodeService:
         self.monitor = CompletionMonitor(self.store, config.ingest.stable_after_s, config.ingest.force_after_s,
                                          config.ingest.poll_s)
         self.runner = JobRunner(self.store, self.root, config.processing.workers,
-                                settings_from_config(config.quantification), config.processing.max_memory_mb,
-                                destinations=config.destinations, metrics=self.metrics,
-                                comparison=comparison_settings_from_config(config.comparison, config.node.ae_title),
+                                config.quantification.settings, config.processing.max_memory_mb,
+                                destinations=config.destinations, metrics=self.metrics, comparison=config.comparison,
                                 lease_s=config.index.lease_s)
         self.sender = Sender(self.store, self.root, config, self.metrics, self.audit, lease_s=config.index.lease_s)
+        # Priors from the PACS are retrieved between completion and the quantify job (node/retrieve.py).
+        query = config.comparison.priors.query
+        self.retrieve = RetrieveStage(query.for_node(config.node.ae_title) if query else None,
+                                      config.comparison.prior_window_days, self.store, self.root, self.spool,
+                                      self.ingestor)
+        self.monitor.gate = self.retrieve.ready
         self.monitor.audit = self.audit
         retention = config.storage.retention
         self.retention = (Periodic("retention", lambda: apply_retention(self.store, self.root, retention.inputs_days,
@@ -129,6 +133,7 @@ class NodeService:
                          ae_title=self.config.node.ae_title, port=self.config.node.port)
         self.runner.start()
         self.sender.start()
+        self.retrieve.start()
         self.monitor.start()
         if self.watch:
             self.watch.start()
@@ -151,6 +156,7 @@ class NodeService:
         if self.watch:
             self.watch.stop()
         self.monitor.stop()
+        self.retrieve.stop()
         self.runner.stop()
         self.sender.stop()
         self.audit.event("node-stopped")

@@ -37,3 +37,18 @@ def uid_problem(value: object) -> str | None:
     if _UID_RE.fullmatch(value) is None:
         return f"is not a valid UID (digits and dots, no leading zeros, PS3.5 9.1): {value[:70]!r}"
     return None
+
+
+def ae_title(value: str) -> str:
+    """An Application Entity title as the standard allows it, stripped; ValueError naming the rule.
+
+    PS3.5 6.2 (VR AE): at most 16 characters of the default repertoire, no backslash or control
+    characters; leading/trailing spaces are not significant, an all-space value is not allowed."""
+    stripped = value.strip(" ")
+    if not stripped:
+        raise ValueError("must be 1..16 characters, not blank")
+    if len(value) > 16:
+        raise ValueError("must be at most 16 characters (PS3.5 6.2, VR AE)")
+    if any(c == "\\" or ord(c) < 0x20 or ord(c) > 0x7E for c in value):
+        raise ValueError("must be printable ASCII without backslash (PS3.5 6.2, VR AE)")
+    return stripped

@@ -25,7 +25,7 @@ from node.compare.matching import (
     STABLE,
     classify_pair,
 )
-from node.compare.repeatability import FIXED, ChangeLimits, judge_change, lesion_noise, sampling_sd
+from node.compare.repeatability import FIXED, ChangeLimits, ChangeLimitSettings, judge_change, lesion_noise, sampling_sd
 from node.compare.study import ComparisonSettings, ScanView, compare_scans, dosimetry_section, pair_scans
 from node.quant.volume import Volume
 
@@ -196,8 +196,10 @@ def test_24h_against_48h_without_true_change_stays_within_repeatability() -> Non
     current = view([lesion(n, [40.0 * n, 0, -300], suv * f, 10, volume_ml=v)
                     for n, ((v, suv), f) in enumerate(zip(sizes, shift, strict=True), 1)], 15, tsh=120, uptake_h=48)
     # What a narrow fixed limit does when the uptake times are not looked at:
-    blind = ChangeLimits(method=FIXED, gained=0.1, reduced=-0.1, uptake_time_tolerance=10.0)
-    assert all(r["category"] == REDUCED for r in compare(prior, current, ComparisonSettings(limits=blind))["lesions"])
+    blind = ComparisonSettings(gained=0.1, reduced=-0.1,
+                               change_limits=ChangeLimitSettings(method=FIXED, uptake_time_tolerance=10.0))
+    assert blind.limits == ChangeLimits(method=FIXED, gained=0.1, reduced=-0.1, uptake_time_tolerance=10.0)
+    assert all(r["category"] == REDUCED for r in compare(prior, current, blind)["lesions"])
     section = compare(prior, current)
     assert section["uptake_times_differ"] and any("uptake times differ" in w for w in section["warnings"])
     assert {r["category"] for r in section["lesions"]} == {STABLE}

@@ -12,6 +12,7 @@ from node.config import (
     FolderDestination,
     NodeConfig,
     StowDestination,
+    dump_config,
     load_config,
 )
 
@@ -86,7 +87,8 @@ def test_port_out_of_range(tmp_path: Path) -> None:
 
 def test_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
     assert problems(tmp_path, "node: {ae_titel: X}\n") == [
-        "node.ae_titel: unknown key; expected one of: ae_title, bind, port, tls, max_associations, listener_processes, limits"
+        "node.ae_titel: unknown key; expected one of: ae_title, bind, port, tls, max_associations, "
+        "listener_processes, limits"
     ]
     assert problems(tmp_path, "nodes: {}\n") == [
         "nodes: unknown key; expected one of: node, storage, index, ingest, processing, quantification, comparison, "
@@ -183,3 +185,52 @@ def test_index_section_takes_one_dsn_source_and_never_prints_the_password(tmp_pa
             parse_config({"index": bad})
         assert len(info.value.problems) == 1 and expected in info.value.problems[0]
         assert "pw-in-error" not in info.value.problems[0]
+
+
+def test_settings_sections_are_the_pure_packages_dataclasses(tmp_path: Path) -> None:
+    """One set of defaults: the file's quantification and comparison sections validate into the settings
+    dataclasses of node.quant / node.compare themselves, and an empty file gives exactly their defaults."""
+    from node.compare.settings import ComparisonSettings, PriorQuery
+    from node.quant.detect import DetectionSettings
+    from node.quant.study import QuantSettings
+
+    empty = load_config(write(tmp_path, "{}\n"))
+    assert empty.quantification.settings == QuantSettings()
+    assert empty.comparison == ComparisonSettings()
+    text = ("quantification: {detection: {min_peak_suv: 2.5, background_shell_mm: [10, 20]}}\n"
+            "comparison: {gained: 0.3, change_limits: {method: fixed},"
+            " priors: {query: {ae_title: ' PACS ', host: pacs.local, port: 104, retrieve: get}}}\n")
+    config = load_config(write(tmp_path, text))
+    detection = config.quantification.settings.detection
+    assert type(detection) is DetectionSettings and detection == DetectionSettings(
+        min_peak_suv=2.5, background_shell_mm=(10.0, 20.0))
+    assert config.comparison.limits.method == "fixed" and config.comparison.limits.gained == 0.3
+    assert config.comparison.thresholds.gained == 0.3
+    query = config.comparison.priors.query
+    assert query == PriorQuery("PACS", "pacs.local", 104, retrieve="get")  # AE title stripped (PS3.5 6.2)
+    assert query.for_node("IODINE_NODE").move_destination == "IODINE_NODE"
+    dumped = load_config(write(tmp_path, dump_config(config)))  # check-config's output reads back the same
+    assert dumped == config
+
+
+def test_typo_and_bad_value_inside_a_settings_dataclass_are_named(tmp_path: Path) -> None:
+    assert problems(tmp_path, "quantification: {detection: {min_peak_suvv: 2}}\n") == [
+        "quantification.detection.min_peak_suvv: unknown key; expected one of: min_peak_suv, min_contrast, "
+        "min_delta_suv, min_reference_ratio, background_shell_mm, min_volume_ml, max_volume_ml, max_lesions, "
+        "split_touching, false_foci_per_scan"
+    ]
+    assert problems(tmp_path, "comparison: {change_limits: {biological_wcv: 2}, reduced: 0.1}\n") == [
+        "comparison.reduced: input should be less than 0, got 0.1",
+        "comparison.change_limits.biological_wcv: input should be less than or equal to 1, got 2",
+    ]
+    assert problems(tmp_path, "comparison: {priors: {query: {ae_title: WAY_TOO_LONG_AE_TITLE, host: h}}}\n") == [
+        "comparison.priors.query.ae_title: must be at most 16 characters (PS3.5 6.2, VR AE), "
+        "got 'WAY_TOO_LONG_AE_TITLE'",
+        "comparison.priors.query.port: required key is missing",
+    ]
+    assert problems(tmp_path, "quantification: {segmentation: {method: otsu}}\n") == [
+        "quantification.segmentation.method: input should be 'adaptive', 'percent_max', 'fixed_suv' or 'jentzen', "
+        "got 'otsu'"
+    ]
+    assert problems(tmp_path, "comparison: {tsh: {pattern: 'TSH=(['}}\n")[0].startswith(
+        "comparison.tsh.pattern: not a valid regular expression")

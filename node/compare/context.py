@@ -9,7 +9,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated, ClassVar
 
+from pydantic import AfterValidator
 from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -97,13 +99,28 @@ def read_tsh_sidecars(folder: Path) -> dict[str, tuple[float, str]]:
     return found
 
 
+def regex(value: str) -> str:
+    """A valid regular expression, else ValueError naming the problem."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc})") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(regex)]
+
+
 @dataclass(frozen=True)
 class TshSource:
-    """Where TSH is read: a sidecar folder (by AccessionNumber) first, then the header attribute."""
+    """Where TSH is read: a sidecar folder (by AccessionNumber) first, then the header attribute
+    (`comparison.tsh` in the configuration)."""
+
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}  # a mistyped key fails (node.config)
 
     tag: str = DEFAULT_TSH_TAG
-    pattern: str = DEFAULT_TSH_PATTERN
-    sidecar_dir: Path | None = None
+    pattern: Regex = DEFAULT_TSH_PATTERN
+    sidecar_dir: Path | None = None  # CSV/JSON files keyed by AccessionNumber; read before the attribute
 
     def lookup(self, header: Dataset, accession: str | None = None) -> tuple[float | None, str]:
         """(TSH in uIU/mL or None, where it came from: the sidecar file, the attribute, or "unknown")."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated, ClassVar
 
 import numpy as np
+from annotated_types import Gt
 from scipy.optimize import linear_sum_assignment
 
 # Avid at both scans, by the uptake change from the lower- to the higher-TSH scan:
@@ -20,13 +22,18 @@ CATEGORIES = (GAINED, STABLE, REDUCED, RESTORED, ONLY_LOWER, REFRACTORY, LOST, L
 REFRACTORY_CANDIDATES = (ONLY_LOWER, LOST)
 
 
+# Relative SUVmax change called gained / reduced with the fixed method, and the largest distance of a
+# match after registration (documented defaults: docs/comparison.md).
+DEFAULT_GAINED, DEFAULT_REDUCED, DEFAULT_MATCH_GATE_MM = 0.25, -0.25, 15.0
+
+
 @dataclass(frozen=True)
 class ChangeThresholds:
     """Relative SUVmax change that counts as gained / reduced (configurable; documented defaults)."""
 
-    gained: float = 0.25
-    reduced: float = -0.25
-    match_gate_mm: float = 15.0
+    gained: float = DEFAULT_GAINED
+    reduced: float = DEFAULT_REDUCED
+    match_gate_mm: float = DEFAULT_MATCH_GATE_MM
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,11 @@ class AvidityRule:
     settings each scan was quantified with): lesion-to-background >= `lbr_min` and SUVmax >=
     `soft_tissue_factor` x the scan's soft-tissue reference SUV (and >= `suv_max_min` when set)."""
 
-    lbr_min: float = 3.0
-    soft_tissue_factor: float = 2.0
-    suv_max_min: float | None = None
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}  # a mistyped key fails (node.config)
+
+    lbr_min: Annotated[float, Gt(0)] = 3.0
+    soft_tissue_factor: Annotated[float, Gt(0)] = 2.0
+    suv_max_min: Annotated[float, Gt(0)] | None = None
 
     def is_avid(self, lesion: dict, soft_tissue_suv: float | None) -> bool:
         lbr, suv = lesion.get("lesion_to_background"), lesion.get("suv_max")

@@ -1,16 +1,16 @@
-"""Earlier studies of a patient from the PACS: C-FIND (study, then series level) and retrieval by
-C-MOVE to this node (the PACS sends them to the listener like any other push) or C-GET (they come
-back on the same association and are stored here through the same ingest path).
+"""Earlier studies of a patient from the PACS, the DICOM side: C-FIND (study, then series level) and
+retrieval by C-MOVE to this node (the PACS sends them to the listener like any other push) or C-GET
+(they come back on the same association and are handed to a store callback: the service's ingest).
 
 Only PET and CT series of PET studies are retrieved (PS3.4 C.6.2 Study Root Query/Retrieve, series
-level). A retrieved study is stored and indexed like a pushed one; it is quantified once for the
-comparison and reused from then on.
+level). When and for which study this runs, and where a C-GET instance is stored, is the retrieve
+stage's business (node/retrieve.py); nothing here touches the index or the spool.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from node.compare.settings import PriorQuery
 from node.net.assoc import on_open, requestor
 from node.uids import is_valid_uid
 
@@ -41,19 +42,6 @@ GET_STORAGE_CLASSES = (PositronEmissionTomographyImageStorage, CTImageStorage, E
 
 class PriorQueryError(Exception):
     """The PACS could not be asked or did not deliver, with the reason."""
-
-
-@dataclass(frozen=True)
-class PriorQuery:
-    """`comparison.priors.query` in the configuration."""
-
-    ae_title: str
-    host: str
-    port: int
-    calling_ae_title: str
-    retrieve: str = "move"  # "move" or "get"
-    move_destination: str = ""
-    timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -166,87 +154,38 @@ def _final_status(iterator: Iterator[tuple[Dataset, Dataset | None]], what: str)
         raise PriorQueryError(f"{what}: status 0x{code:04X}, {failed} failed sub-operation(s)")
 
 
-def _get(query: PriorQuery, prior: PriorStudy, storage_root: Path) -> None:
-    """C-GET: the PACS sends on this association; each instance streams into the spool as it arrives
-    (the listener's DIMSE provider) and goes through the node's ingest (fsync, index) before it is
-    acknowledged, like a pushed one."""
-    from node.ingest.dimse_guard import GuardedDIMSE
-    from node.ingest.ingestor import IngestError, Ingestor
-    from node.ingest.spool import Spool
-    from node.store import open_store
+# Receives one instance of a C-GET and answers the C-STORE status (0x0000 only once the instance is
+# durable and indexed: node/retrieve.py): a Part 10 file pynetdicom wrote (chunked receive, the mode the
+# service's listener sets), else the bytes as received (preamble, file meta and data set).
+StoreInstance = Callable[[Path | bytes], int]
 
-    index = open_store(storage_root)
-    spool = Spool(storage_root)
-    ingestor = Ingestor(spool, index, max_instance_bytes=2**40)
+
+def _get(query: PriorQuery, prior: PriorStudy, store: StoreInstance) -> None:
+    """C-GET: the PACS sends on this association (PS3.4 C.4.3); `store` takes each instance before it is
+    acknowledged, like a pushed one."""
 
     def on_store(event: evt.Event) -> int:
-        temp = Path(event.dataset_path)
         try:
-            ingestor.ingest(temp, source="c-get", calling_ae=query.ae_title)
-            return 0x0000
-        except IngestError as exc:
-            log.error("C-GET from %s: instance refused: %s", query.ae_title, exc.reason)
-            return exc.status
-        finally:  # an SCU's C-STORE sub-operation: pynetdicom leaves the received file to the handler
-            event.request._dataset_file.close()  # noqa: SLF001
-            temp.unlink(missing_ok=True)
+            path = event.dataset_path
+        except AttributeError:  # not received chunked: the data set is in memory
+            return store(event.encoded_dataset(include_meta=True))
+        return store(Path(path))
 
-    try:
-        assoc = _associate(query, "C-GET", (StudyRootQueryRetrieveInformationModelGet, *GET_STORAGE_CLASSES),
-                           ext_neg=[build_role(c, scp_role=True) for c in GET_STORAGE_CLASSES],
-                           evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    except PriorQueryError:
-        index.close()
-        raise
-    # Nothing is in flight before the C-GET request: the provider can be replaced here.
-    assoc.dimse = GuardedDIMSE(assoc)
-    assoc.dimse.receive_dir = spool.tmp
+    assoc = _associate(query, "C-GET", (StudyRootQueryRetrieveInformationModelGet, *GET_STORAGE_CLASSES),
+                       ext_neg=[build_role(c, scp_role=True) for c in GET_STORAGE_CLASSES],
+                       evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
         for series_uid in prior.series:
             _final_status(assoc.send_c_get(_series_key(prior, series_uid), StudyRootQueryRetrieveInformationModelGet),
                           f"C-GET of series {series_uid}")
     finally:
         assoc.release()
-        index.close()
 
 
-RETRIEVED_DIR = "retrieved-priors"
-
-
-def mark_retrieved(storage_root: Path, study_uid: str) -> None:
-    """Remember that a study came as a prior, so its own job does not query the PACS in turn (which
-    would walk the patient's history back window by window)."""
-    if is_valid_uid(study_uid):
-        folder = storage_root / RETRIEVED_DIR
-        folder.mkdir(exist_ok=True)
-        (folder / study_uid).touch()
-
-
-def was_retrieved(storage_root: Path, study_uid: str) -> bool:
-    return is_valid_uid(study_uid) and (storage_root / RETRIEVED_DIR / study_uid).is_file()
-
-
-def retrieve_priors(query: PriorQuery, patient_id: str, issuer: str, study_uid: str, reference: datetime,
-                    window_days: float, known: set[str], storage_root: Path) -> list[str]:
-    """Ask the PACS for earlier PET studies of the patient that this node does not hold and retrieve
-    them; returns the Study UIDs now here. A PACS that cannot be reached is logged, not fatal."""
-    log.info("study %s: asking %s for earlier studies of the patient", study_uid, query.ae_title)
-    try:
-        studies = find_prior_studies(query, patient_id, issuer, reference, window_days, known | {study_uid})
-    except PriorQueryError as exc:
-        log.warning("study %s: prior query: %s", study_uid, exc)
-        return []
-    done = []
-    for prior in studies:
-        try:
-            if query.retrieve == "get":
-                _get(query, prior, storage_root)
-            else:
-                _move(query, prior)
-            done.append(prior.study_uid)
-            mark_retrieved(storage_root, prior.study_uid)
-            log.info("study %s: prior study %s retrieved (%d series) by C-%s", study_uid, prior.study_uid,
-                     len(prior.series), query.retrieve.upper())
-        except PriorQueryError as exc:
-            log.warning("study %s: prior study %s not retrieved: %s", study_uid, prior.study_uid, exc)
-    return done
+def retrieve_study(query: PriorQuery, prior: PriorStudy, store: StoreInstance) -> None:
+    """Retrieve the prior's PET and CT series by the configured method; PriorQueryError if the PACS
+    did not deliver them all."""
+    if query.retrieve == "get":
+        _get(query, prior, store)
+    else:
+        _move(query, prior)

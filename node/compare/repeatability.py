@@ -34,10 +34,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from annotated_types import Ge, Gt, Interval
 
+from node.compare.matching import DEFAULT_GAINED, DEFAULT_REDUCED
 from node.quant.volume import Volume
 
 FIXED, REPEATABILITY = "fixed", "repeatability"
@@ -50,18 +52,27 @@ FWHM_PER_SIGMA = 2.354820
 
 
 @dataclass(frozen=True)
-class ChangeLimits:
-    """Which change of SUVmax counts as gained / reduced (comparison.change_limits)."""
+class ChangeLimitSettings:
+    """`comparison.change_limits` in the configuration: how a change of SUVmax is judged."""
 
-    method: str = REPEATABILITY  # or FIXED: the relative thresholds below, for every lesion
-    gained: float = 0.25
-    reduced: float = -0.25
-    biological_wcv: float = DEFAULT_BIOLOGICAL_WCV
-    confidence_z: float = Z95
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}  # a mistyped key fails (node.config)
+
+    method: Literal["repeatability", "fixed"] = REPEATABILITY  # fixed: `gained` / `reduced` for every lesion
+    biological_wcv: Annotated[float, Interval(ge=0, le=1)] = DEFAULT_BIOLOGICAL_WCV  # test-retest CoV per scan
+    confidence_z: Annotated[float, Gt(0)] = Z95
     # Used only when a scan's image is not at hand (e.g. a prior's results alone): CoV at soft tissue.
-    fallback_noise_cov: float = 0.20
-    uptake_time_tolerance: float = 0.10  # relative difference of uptake times that is warned about
-    min_biological_half_life_h: float = 48.0  # washout allowance for unmatched uptake times
+    fallback_noise_cov: Annotated[float, Gt(0)] = 0.20
+    uptake_time_tolerance: Annotated[float, Ge(0)] = 0.10  # relative difference of uptake times that is warned about
+    min_biological_half_life_h: Annotated[float, Gt(0)] = 48.0  # washout allowance for unmatched uptake times
+
+
+@dataclass(frozen=True)
+class ChangeLimits(ChangeLimitSettings):
+    """Which change of SUVmax counts as gained / reduced: the settings with the comparison's fixed
+    relative thresholds (`comparison.gained` / `reduced`)."""
+
+    gained: float = DEFAULT_GAINED
+    reduced: float = DEFAULT_REDUCED
 
     def describe(self) -> dict[str, Any]:
         if self.method == FIXED:

@@ -16,17 +16,18 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node.assemble import read_volume
-from node.compare.context import Administration, TshSource, same_administration
+from node.compare.context import Administration, same_administration
 from node.compare.dosimetry import Z95, lesion_dose
-from node.compare.matching import AvidityRule, ChangeThresholds, Match, equivalent_radius_mm, match_lesions
-from node.compare.priors import PriorQuery
+from node.compare.matching import Match, equivalent_radius_mm, match_lesions
 from node.compare.register import register_rigid
 from node.compare.repeatability import DEFAULT_VOXEL_MM, ChangeLimits, lesion_size_mm, noise_constant
+from node.compare.settings import ComparisonSettings, DoseUncertaintySettings
 from node.compare.tsh import TRACKED_LABELS, compare_scans, time_point
 from node.quant.volume import Volume, resample_like
 
 __all__ = [
     "ComparisonSettings",
+    "DoseUncertaintySettings",
     "Pairing",
     "ScanView",
     "compare_scans",
@@ -38,37 +39,6 @@ __all__ = [
     "time_point",
     "tracked",
 ]
-
-
-@dataclass(frozen=True)
-class DoseUncertaintySettings:
-    """Type-B relative standard uncertainties (assumptions a site replaces with its own measurements;
-    EANM 2018 uncertainty guidance, Gear et al.): the activity calibration common to all time points,
-    and the recovery of a lesion's activity (resolved by the sphere fit / not resolved)."""
-
-    calibration: float = 0.05
-    recovery_resolved: float = 0.05
-    recovery_unresolved: float = 0.20
-
-
-@dataclass(frozen=True)
-class ComparisonSettings:
-    """`comparison` in the configuration (documented defaults)."""
-
-    prior_window_days: float = 90.0
-    tsh: TshSource = field(default_factory=TshSource)
-    thresholds: ChangeThresholds = field(default_factory=ChangeThresholds)
-    dose_activities_gbq: tuple[float, ...] = (3.7, 7.4)
-    # Ho et al., NEJM 2013: treat if the predicted lesion dose is >= 20 Gy; Maxon 1983/1992:
-    # >= 80-85 Gy for nodal metastases (docs/science.md)
-    treat_threshold_gy: float = 20.0
-    nodal_response_gy: float = 80.0
-    s_values: tuple[tuple[float, float], ...] | None = None  # (sphere mass g, Gy per MBq h)
-    query: PriorQuery | None = None  # a PACS to ask for earlier studies
-    registration: str = "rigid"  # or "affine": a 12-parameter stage after the rigid one
-    limits: ChangeLimits = field(default_factory=ChangeLimits)
-    avidity: AvidityRule = field(default_factory=AvidityRule)
-    uncertainty: DoseUncertaintySettings = field(default_factory=lambda: DoseUncertaintySettings())
 
 
 @dataclass(frozen=True)
@@ -232,7 +202,7 @@ def dosimetry_section(current: ScanView, priors: Sequence[tuple[ScanView, Pairin
                                else settings.uncertainty.recovery_unresolved) for view, les in points]
         mass_sd = mass_rel_sd(resolved, volume_ml, points[-1][1])
         try:
-            dose = lesion_dose(times, retention, volume_ml, s_table=settings.s_values, activity_rel_sd=u_points,
+            dose = lesion_dose(times, retention, volume_ml, s_table=settings.s_table, activity_rel_sd=u_points,
                                mass_rel_sd=mass_sd, calibration_rel_sd=settings.uncertainty.calibration)
         except ValueError as exc:
             row["error"] = str(exc)
@@ -352,21 +322,3 @@ def inherit_tracking(doc: dict[str, Any], pairing: Pairing | None) -> None:
         if prior is not None and prior.get("tracking_uid"):
             lesion["tracking_uid"] = prior["tracking_uid"]
             lesion["tracking_id"] = prior.get("tracking_id") or f"Lesion {prior['id']}"
-
-
-def comparison_settings_from_config(section: Any, node_ae_title: str = "IODINE_NODE") -> ComparisonSettings:
-    q = section.priors.query
-    query = PriorQuery(q.ae_title, q.host, q.port, q.calling_ae_title or node_ae_title, q.retrieve,
-                       q.move_destination or node_ae_title, q.timeout_s) if q is not None else None
-    return ComparisonSettings(query=query, registration=section.registration,
-        prior_window_days=section.prior_window_days,
-        tsh=TshSource(section.tsh.tag, section.tsh.pattern,
-                      Path(section.tsh.sidecar_dir) if section.tsh.sidecar_dir else None),
-        thresholds=ChangeThresholds(gained=section.gained, reduced=section.reduced,
-                                    match_gate_mm=section.match_gate_mm),
-        dose_activities_gbq=tuple(section.dose_activities_gbq), treat_threshold_gy=section.treat_threshold_gy,
-        nodal_response_gy=section.nodal_response_gy,
-        s_values=tuple((p.mass_g, p.gy_per_mbq_h) for p in section.s_values) if section.s_values else None,
-        limits=ChangeLimits(gained=section.gained, reduced=section.reduced, **section.change_limits.model_dump()),
-        avidity=AvidityRule(**section.avidity.model_dump()),
-        uncertainty=DoseUncertaintySettings(**section.dose_uncertainty.model_dump()))

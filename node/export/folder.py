@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
 from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Report, no_report, register
-from node.ingest.spool import fsync_dir, fsync_file
+from node.fsutil import copy_durable
 from node.uids import is_valid_uid
 
 
@@ -25,12 +23,7 @@ class FolderTarget:
                 continue
             target = self.root / p.study_uid / f"{p.sop_instance_uid}.dcm"
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".partial")
-                shutil.copyfile(p.path, tmp)
-                fsync_file(tmp)
-                os.replace(tmp, target)
-                fsync_dir(target.parent)
+                copy_durable(p.path, target)
             except OSError as exc:
                 out[p.item_id] = Outcome(RETRY, f"cannot write {target}: {exc.strerror or exc}")
                 continue

@@ -15,10 +15,11 @@ import pydicom.filereader
 from pydicom.errors import InvalidDicomError
 
 from node.crashpoints import crash_point
+from node.fsutil import fsync_dir, fsync_file
 from node.ingest.deflate import InflateError, inflated_size, is_deflated
 from node.ingest.header import HeaderValue, pixel_data_shortfall, scan_values
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES
-from node.ingest.spool import ReceiveFile, Spool, fsync_dir, fsync_file, is_disk_error
+from node.ingest.spool import ReceiveFile, Spool, is_disk_error
 from node.metrics import Metrics
 from node.store import InstanceRecord, Store, StoreUnavailable, StudyBeingDeleted, StudyState
 from node.uids import uid_problem

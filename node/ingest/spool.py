@@ -18,39 +18,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from node.crashpoints import crash_point
+from node.fsutil import fsync_dir, fsync_file, makedirs_durable
 from node.uids import is_valid_uid
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _makedirs_durable(path: Path) -> None:
-    """mkdir -p, fsyncing each parent whose entry list changed."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        fsync_dir(d.parent)
-
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -88,7 +57,7 @@ class Spool:
         the caller already fsynced it."""
         if not synced:
             fsync_file(temp)
-        _makedirs_durable(final.parent)
+        makedirs_durable(final.parent)
         try:
             os.link(temp, final)  # atomic create-if-absent: concurrent duplicates cannot clobber
         except FileExistsError:

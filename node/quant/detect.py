@@ -10,47 +10,60 @@ with separate maxima are split by a marker watershed on the SUV.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import SimpleITK as sitk
+from annotated_types import Gt, Interval, Lt
 from scipy import ndimage
 
 from node.quant.significance import SignificanceTest
 from node.quant.volume import Volume
 
+Positive = Annotated[float, Gt(0)]
+
 
 @dataclass(frozen=True)
 class DetectionSettings:
-    min_peak_suv: float = 1.0  # maxima below this are not considered
-    min_contrast: float = 3.0  # peak / local background
-    min_delta_suv: float = 0.8  # peak - local background
+    """`quantification.detection` in the configuration: which local maxima become foci."""
+
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}  # a mistyped key fails (node.config)
+
+    min_peak_suv: Positive = 1.0  # maxima below this are not considered
+    min_contrast: Positive = 3.0  # peak / local background
+    min_delta_suv: Positive = 0.8  # peak - local background
     # peak / soft-tissue reference SUV: in aerated lung the local background is air, but a focus
     # must also stand above blood and soft tissue (the heart's blood pool is not a lesion)
-    min_reference_ratio: float = 2.5
-    background_shell_mm: tuple[float, float] = (15.0, 30.0)
-    min_volume_ml: float = 0.05
-    max_volume_ml: float = 1000.0  # larger regions are diffuse uptake, not a focus
-    max_lesions: int = 300
+    min_reference_ratio: Positive = 2.5
+    background_shell_mm: tuple[Positive, Positive] = (15.0, 30.0)
+    min_volume_ml: Positive = 0.05
+    max_volume_ml: Positive = 1000.0  # larger regions are diffuse uptake, not a focus
+    max_lesions: Annotated[int, Interval(ge=1, le=5000)] = 300
     split_touching: bool = True
     # Noise-aware decision: a focus must stand out from its surroundings in SUVpeak (the 1 cm³ sphere
     # mean, PERCIST) by more than the local noise allows, at a significance level that keeps the
     # expected number of noise foci per scan at this value (Bonferroni over the body's 1 ml cells).
     # 0 turns the test off (the contrast rules alone, as before).
-    false_foci_per_scan: float = 0.1
+    false_foci_per_scan: Annotated[float, Interval(ge=0, le=10)] = 0.1
 
 
 @dataclass(frozen=True)
 class SegmentationSettings:
+    """`quantification.segmentation` in the configuration: how each focus is delineated."""
+
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}  # a mistyped key fails (node.config)
+
     # adaptive: background + percent x (max - background); percent_max: percent x max;
     # fixed_suv: SUV >= fixed_suv; jentzen: iterative, T% = a/V + b x bg/max + c
     # (Jentzen et al., J Nucl Med 2007;48:108-114; a, b, c must be calibrated per scanner).
-    method: str = "adaptive"
-    percent: float = 41.0  # EANM tumour PET guideline iso-contour (Boellaard et al., EJNMMI 2015;42:328)
-    fixed_suv: float = 2.5
+    method: Literal["adaptive", "percent_max", "fixed_suv", "jentzen"] = "adaptive"
+    # EANM tumour PET guideline iso-contour (Boellaard et al., EJNMMI 2015;42:328)
+    percent: Annotated[float, Gt(0), Lt(100)] = 41.0
+    fixed_suv: Positive = 2.5
     jentzen_a_ml_percent: float = 7.8
     jentzen_b_percent: float = 61.7
     jentzen_c_percent: float = 31.6
-    max_radius_mm: float = 60.0
+    max_radius_mm: Positive = 60.0
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Annotated, ClassVar
 
 import numpy as np
+from annotated_types import Gt
 from scipy import ndimage
 
 from node.quant.detect import Focus
@@ -49,8 +51,12 @@ KIDNEY_MIN_ML = 15.0
 
 @dataclass(frozen=True)
 class AvidSettings:
-    lbr_threshold: float = 3.0
-    reference_factor: float = 2.0
+    """`quantification.avid` in the configuration: when a lesion is called iodine-avid."""
+
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}  # a mistyped key fails (node.config)
+
+    lbr_threshold: Annotated[float, Gt(0)] = 3.0
+    reference_factor: Annotated[float, Gt(0)] = 2.0
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -54,24 +53,6 @@ class QuantSettings:
     ct_nodule_min_diameter_mm: float = 5.0
     # Partial-volume recovery by the best size ((diameter mm, RC) points; None: off); node.quant.recovery
     recovery_curve: tuple[tuple[float, float], ...] | None = DEFAULT_CURVE_MM
-
-
-def settings_from_config(section: Any) -> QuantSettings:
-    """QuantSettings from the configuration's `quantification` section."""
-    return QuantSettings(
-        suv=SuvSettings(**section.suv.model_dump()),
-        detection=DetectionSettings(**section.detection.model_dump()),
-        segmentation=SegmentationSettings(**section.segmentation.model_dump()),
-        avid=AvidSettings(**section.avid.model_dump()),
-        recovery=tuple((p.volume_ml, p.rc) for p in section.partial_volume) if section.partial_volume else None,
-        activity_margin_mm=section.activity_margin_mm,
-        include_description=tuple(section.series.include_description),
-        exclude_description=tuple(section.series.exclude_description),
-        ct_nodules=section.ct_nodules.enabled,
-        ct_nodule_min_diameter_mm=section.ct_nodules.min_diameter_mm,
-        recovery_curve=(tuple((p.diameter_mm, p.rc) for p in section.recovery.curve) if section.recovery.enabled
-                        else None),
-    )
 
 
 def pet_rejection(header: Dataset, settings: QuantSettings) -> str | None:

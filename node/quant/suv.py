@@ -12,7 +12,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Annotated, ClassVar, Literal
 
+from annotated_types import Interval
 from pydicom.dataset import Dataset
 
 from node.quant.header import combine, parse_dt, parse_tm, private_value, to_float
@@ -39,13 +41,15 @@ class SuvError(ValueError):
 class SuvSettings:
     """`quantification.suv` in the configuration."""
 
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}  # a mistyped key fails (node.config)
+
     # An administration time given without a date (RadiopharmaceuticalStartTime only): for
     # long-lived nuclides (124I) an error unless this states how many days before the series
     # date it was given (0 = same day, QIBA's roll-back over midnight applies).
-    time_only_administration_days_before: int | None = None
+    time_only_administration_days_before: Annotated[int, Interval(ge=0, le=30)] | None = None
     # The normalisation results.json reports beside SUVbw (`suv_type`; node.quant.suvtypes.SUV_TYPES).
     # Detection and the stored lesion SUVs stay SUVbw.
-    report_type: str = "bw"
+    report_type: Literal["bw", "lbm-james", "sul-janmahasatian", "bsa", "ibw"] = "bw"
 
 
 @dataclass(frozen=True)
