@@ -66,7 +66,7 @@ def has_results(output: Path, study_uid: str) -> bool:
 
 def plan_batch(input_dir: Path, output: Path, resume: bool = True) -> BatchPlan:
     """Group INPUT's files by study (headers only) and decide what to run."""
-    from node.quant.study import group_by_study
+    from node.assemble import group_by_study
     from node.uids import uid_problem
 
     files = sorted(p.resolve() for p in Path(input_dir).rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -89,7 +89,8 @@ def plan_batch(input_dir: Path, output: Path, resume: bool = True) -> BatchPlan:
 def process_one(task: StudyTask, settings: Any, output: str) -> StudyOutcome:
     """Quantify one study and write OUT/<StudyUID>/ (runs on a Dask worker). Never raises for a bad
     study: the reason comes back in the outcome, so one study cannot stop the batch."""
-    from node.quant.study import group_by_study, process_study, write_study_outputs
+    from node.assemble import group_by_study, process_study
+    from node.output.files import write_study_outputs
 
     started = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"

@@ -44,8 +44,9 @@ RULES = (
                     "node.results_store")),
     Rule("node.config", "configuration types feed the settings of the pure packages, never the reverse",
          allowed=("node", "node.config", "node.quant", "node.compare", "node.uids")),
-    Rule("node.store", "the one owner of persistence depends on nothing of the node but file-system helpers",
-         allowed=("node", "node.store", "node.fsutil", "node.uids")),
+    Rule("node.store", "the one owner of persistence depends on nothing of the node but file-system helpers and "
+         "the completion snapshots (pure data) it returns",
+         allowed=("node", "node.store", "node.fsutil", "node.uids", "node.completion")),
     Rule("node.net", "socket options and association helpers: no node module", allowed=("node.net",)),
     Rule("node.fsutil", "durable file-system steps: no node module", allowed=()),
     Rule("node.ingest", "receiving: knows nothing downstream of the store",

@@ -14,8 +14,9 @@ QUANT = Path(__file__).resolve().parent.parent / "node" / "quant"
 # Dataset, and itself. Anything else (node.encode, node.config, node.output, node.store, node.ingest,
 # node.export, node.net, node.fsutil, node.pipeline, node.assemble, json, csv, os, pathlib, socket, ...)
 # is a forbidden import.
+# annotated_types: constraint metadata on the settings dataclasses (validated by node.config), no I/O.
 ALLOWED_MODULES = ("__future__", "collections.abc", "dataclasses", "datetime", "enum", "math", "re", "time",
-                   "typing", "numpy", "scipy", "SimpleITK", "pydicom.dataset", "node.quant")
+                   "typing", "annotated_types", "numpy", "scipy", "SimpleITK", "pydicom.dataset", "node.quant")
 # Calls that read or write files, whatever object they are called on.
 IO_CALLS = {"open", "dcmread", "dcmwrite", "save_as", "read_text", "write_text", "read_bytes", "write_bytes",
             "ReadImage", "WriteImage", "ImageFileReader", "ImageFileWriter", "tofile", "fromfile", "savez",

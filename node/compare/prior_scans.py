@@ -19,10 +19,11 @@ from typing import Any, Protocol
 
 import pydicom
 
+from node.assemble import SeriesFiles, process_study, suv_volume_of
 from node.compare.register import coarse
 from node.compare.study import ComparisonSettings, ScanView, ct_on_coarse_grid, inherit_tracking, relate_scans
 from node.encode.sc import PriorView
-from node.quant.study import QuantSettings, SeriesFiles, StudyError, process_study, suv_volume_of
+from node.quant.study import QuantSettings, StudyError
 from node.quant.suv import SuvError
 from node.quant.volume import VolumeError
 from node.uids import is_valid_uid
