@@ -40,13 +40,21 @@ def new_staging(root: Path, study_uid: str) -> Path:
     return path
 
 
-def clear_staging(root: Path) -> int:
-    """Remove what workers were writing when the node stopped; returns how many folders."""
+def clear_staging(root: Path, older_than_s: float = 0.0) -> int:
+    """Remove what workers were writing when the node stopped; returns how many folders. On a storage
+    root shared by several nodes only folders untouched for `older_than_s` go (another node's job may be
+    writing the others)."""
     staging = root / OUTPUTS / STAGING
     if not staging.is_dir():
         return 0
     n = 0
+    cutoff = time.time() - older_than_s
     for p in staging.iterdir():
+        try:
+            if older_than_s > 0 and p.stat().st_mtime >= cutoff:
+                continue
+        except FileNotFoundError:
+            continue
         shutil.rmtree(p, ignore_errors=True)
         n += 1
     return n

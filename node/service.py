@@ -30,6 +30,8 @@ from node.store import DeliveryState, open_store
 
 log = logging.getLogger(__name__)
 
+SHARED_LEFTOVER_AGE_S = 86400.0  # partial files / staging folders on a shared root older than this are abandoned
+
 
 class NodeService:
     config_source: str = "built-in defaults"
@@ -86,7 +88,11 @@ class NodeService:
     def recover(self) -> None:
         """After a crash: drop partial files, give interrupted jobs back to the queue. Stability
         timers need no re-arming: they are computed from the index's receive times."""
-        removed = self.spool.clear_temp() + results_store.clear_staging(self.root)
+        # A shared storage root (several nodes): another node's transfer or job may be writing right now.
+        # Its partial files are touched at least every network timeout (120 s) and a job writes its
+        # staging folder within minutes; what is older than a day is abandoned.
+        age_s = SHARED_LEFTOVER_AGE_S if self.store.shared else 0.0
+        removed = self.spool.clear_temp(age_s) + results_store.clear_staging(self.root, age_s)
         requeued = self.store.jobs.recover_after_restart(self.store.node_id)
         self.store.outbox.release_leases(self.store.node_id)
         finished = finish_interrupted_deletions(self.store, self.root)  # before reconcile: nothing comes back

@@ -129,3 +129,14 @@ def test_a_dropped_connection_is_replaced_at_the_next_call(pg_dsn) -> None:
         assert s.studies.has_instance("1.2.5.9.1")  # reconnected; the committed row is there
     finally:
         s.close()
+
+
+def test_a_postgresql_index_is_shared(pg_dsn) -> None:
+    """Nodes on one PostgreSQL share the storage root: a starting node keeps files younger than a day."""
+    from node.store import open_store
+
+    store = open_store(pg_dsn, node_id="node-a")
+    try:
+        assert store.shared is True
+    finally:
+        store.close()

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import ClassVar
@@ -42,13 +43,18 @@ class Spool:
     def new_temp_path(self, suffix: str = ".dcm") -> Path:
         return self.tmp / f"{uuid.uuid4().hex}{suffix}"
 
-    def clear_temp(self) -> int:
-        """Remove partial files left by a crash; returns how many."""
+    def clear_temp(self, older_than_s: float = 0.0) -> int:
+        """Remove partial files left by a crash; returns how many. On a storage root shared by several
+        nodes only files untouched for `older_than_s` go: the others may be another node's transfers."""
         n = 0
+        cutoff = time.time() - older_than_s
         for p in self.tmp.iterdir():
-            if p.is_file():
-                p.unlink(missing_ok=True)
-                n += 1
+            try:
+                if p.is_file() and (older_than_s <= 0 or p.stat().st_mtime < cutoff):
+                    p.unlink(missing_ok=True)
+                    n += 1
+            except FileNotFoundError:  # another node finished or removed it meanwhile
+                continue
         return n
 
     def commit(self, temp: Path, final: Path, synced: bool = False) -> bool:

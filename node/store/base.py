@@ -281,6 +281,12 @@ class Store(Protocol):
         """Where the index is, for messages and logs (never a password)."""
         ...
 
+    @property
+    def shared(self) -> bool:
+        """True when other nodes may use this index and the same storage root at the same time: then a
+        starting node must not remove another node's files in flight (node.service.recover)."""
+        ...
+
     def ping(self) -> None:
         """Health check: one round trip to the database in a transaction; raises when it fails."""
         ...

@@ -36,6 +36,10 @@ class PostgresStore:
         return self._dsn
 
     @property
+    def shared(self) -> bool:
+        return True  # several nodes, one server and one storage root (docs/scale.md)
+
+    @property
     def location(self) -> str:
         return self._db.location
 

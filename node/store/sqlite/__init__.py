@@ -36,6 +36,10 @@ class SqliteStore:
         return str(self._db.path.parent)
 
     @property
+    def shared(self) -> bool:
+        return False  # the embedded index belongs to one node
+
+    @property
     def location(self) -> str:
         return str(self._db.path)
 
