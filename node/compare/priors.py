@@ -167,7 +167,9 @@ def _get(query: PriorQuery, prior: PriorStudy, store: StoreInstance) -> None:
     def on_store(event: evt.Event) -> int:
         try:
             path = event.dataset_path
-        except AttributeError:  # not received chunked: the data set is in memory
+        except AttributeError:
+            path = None
+        if not isinstance(path, str | Path):  # not received chunked (None): the data set is in memory
             return store(event.encoded_dataset(include_meta=True))
         return store(Path(path))
 
