@@ -62,3 +62,15 @@ def lease_clock(c: Any, dialect: Dialect, now: float | None) -> float:
     if dialect.server_clock is None:
         return time.time()
     return float(c.execute(f"SELECT {dialect.server_clock} AS now").fetchone()["now"])
+
+
+class SqlPart:
+    """One of a store's three parts (studies, jobs, outbox) over the backend's Db and its dialect."""
+
+    def __init__(self, db: Db) -> None:
+        self._db = db
+        self._d = db.dialect
+
+    def _x(self, c: Any, sql: str, params: Any = ()) -> Any:
+        """Execute the shared SQL (`?` placeholders) in the transaction c."""
+        return c.execute(self._d.sql(sql), params)

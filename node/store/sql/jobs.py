@@ -18,7 +18,7 @@ from typing import Any
 from node.store import rows
 from node.store.base import LEASE_S, PublishStep
 from node.store.records import Delivery, Job, LeaseLost
-from node.store.sql.dialect import Db, lease_clock
+from node.store.sql.dialect import SqlPart, lease_clock
 from node.store.states import DeliveryState, JobState, StudyState
 
 _UPSERT_DELIVERY = (
@@ -31,14 +31,7 @@ _UPSERT_DELIVERY = (
     " last_error=NULL, lease_owner=NULL, lease_expires_at=NULL")
 
 
-class SqlJobs:
-    def __init__(self, db: Db) -> None:
-        self._db = db
-        self._d = db.dialect
-
-    def _x(self, c: Any, sql: str, params: Any = ()) -> Any:
-        return c.execute(self._d.sql(sql), params)
-
+class SqlJobs(SqlPart):
     def _end_superseded(self, c: Any, job_id: int, superseded_by: int | None, now: float) -> None:
         self._x(c, "UPDATE jobs SET state=?, finished_at=?, error=?, lease_owner=NULL, lease_expires_at=NULL"
                    " WHERE id=?", (JobState.SUPERSEDED, now, f"superseded by job {superseded_by} while it ran; its"

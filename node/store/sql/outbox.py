@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from node.store import rows as convert
 from node.store.base import LEASE_S
 from node.store.records import DeliveryRow, OutboxItem
-from node.store.sql.dialect import Db, lease_clock
+from node.store.sql.dialect import SqlPart, lease_clock
 from node.store.states import DeliveryState
 
 
-class SqlOutbox:
-    def __init__(self, db: Db) -> None:
-        self._db = db
-        self._d = db.dialect
-
-    def _x(self, c: Any, sql: str, params: Any = ()) -> Any:
-        return c.execute(self._d.sql(sql), params)
-
+class SqlOutbox(SqlPart):
     def claim(self, node_id: str, limit: int, lease_s: float = LEASE_S,
               now: float | None = None) -> dict[str, list[OutboxItem]]:
         with self._db.write() as c:

@@ -15,7 +15,7 @@ from typing import Any
 from node.completion import StudySnapshot
 from node.store import rows
 from node.store.records import InstanceLocation, InstanceRecord, StudyInfo
-from node.store.sql.dialect import Db
+from node.store.sql.dialect import SqlPart
 from node.store.states import DeliveryState, JobState, StudyState
 
 # add_instance's first rows of a study and of a series (another instance may have written them first).
@@ -41,14 +41,7 @@ def series_params(rec: InstanceRecord, now: float) -> tuple[Any, ...]:
             rec.corrected_image, rec.units, now, now)
 
 
-class SqlStudies:
-    def __init__(self, db: Db) -> None:
-        self._db = db
-        self._d = db.dialect
-
-    def _x(self, c: Any, sql: str, params: Any = ()) -> Any:
-        return c.execute(self._d.sql(sql), params)
-
+class SqlStudies(SqlPart):
     def _busy(self, c: Any, study_uid: str) -> bool:
         """A pending or running job, or an undelivered result: keep everything of the study."""
         if self._x(c, "SELECT 1 FROM jobs WHERE study_uid=? AND state IN (?,?) LIMIT 1",
