@@ -31,6 +31,14 @@ class Dialect:
         """`?` placeholders to the driver's (the shared SQL holds no `?` or `%` otherwise)."""
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
 
+    def clock(self, now: float | None) -> tuple[str, float | None]:
+        """The time leases are reckoned in, as (SQL with one `?`, its parameter): the caller's `now`
+        (tests), else the server's clock where the index is shared (read by each statement itself,
+        no extra round trip), else this process's clock."""
+        if self.server_clock is None:
+            return "?", time.time() if now is None else now
+        return f"COALESCE(CAST(? AS DOUBLE PRECISION), {self.server_clock})", now
+
     def marks(self, n: int) -> str:
         """`?,?,...` for an IN list of n values."""
         return ",".join("?" * n)
@@ -52,16 +60,6 @@ class Db(Protocol):
     def row(self, sql: str, params: Any = ()) -> Any: ...
 
     def close(self) -> None: ...
-
-
-def lease_clock(c: Any, dialect: Dialect, now: float | None) -> float:
-    """The time leases are reckoned in: the caller's `now` (tests), else the server's clock where the
-    index is shared, else this process's."""
-    if now is not None:
-        return now
-    if dialect.server_clock is None:
-        return time.time()
-    return float(c.execute(f"SELECT {dialect.server_clock} AS now").fetchone()["now"])
 
 
 class SqlPart:

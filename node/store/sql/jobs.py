@@ -18,7 +18,7 @@ from typing import Any
 from node.store import rows
 from node.store.base import LEASE_S, PublishStep
 from node.store.records import Delivery, Job, LeaseLost
-from node.store.sql.dialect import SqlPart, lease_clock
+from node.store.sql.dialect import SqlPart
 from node.store.states import DeliveryState, JobState, StudyState
 
 _UPSERT_DELIVERY = (
@@ -80,28 +80,28 @@ class SqlJobs(SqlPart):
         return job_id
 
     def claim(self, node_id: str, lease_s: float = LEASE_S, now: float | None = None) -> Job | None:
+        t, at = self._d.clock(now)
         with self._db.write() as c:
-            now = lease_clock(c, self._d, now)
             # A dead node's job that a newer job replaced meanwhile is not worth taking over.
-            self._x(c, "UPDATE jobs SET state=?, finished_at=?, error=?, lease_owner=NULL, lease_expires_at=NULL"
+            self._x(c, f"UPDATE jobs SET state=?, finished_at={t}, error=?, lease_owner=NULL, lease_expires_at=NULL"
                        " WHERE id IN (SELECT id FROM jobs WHERE state=? AND superseded_by IS NOT NULL"
-                       f" AND lease_expires_at<? AND lease_owner<>?{self._d.skip_locked})",
-                    (JobState.SUPERSEDED, now, "its node stopped renewing the lease after a newer job replaced it",
-                     JobState.RUNNING, now, node_id))
+                       f" AND lease_expires_at<{t} AND lease_owner<>?{self._d.skip_locked})",
+                    (JobState.SUPERSEDED, at, "its node stopped renewing the lease after a newer job replaced it",
+                     JobState.RUNNING, at, node_id))
             row = self._x(
-                c, "UPDATE jobs SET state=?, attempts=attempts+1, started_at=?, finished_at=NULL, error=NULL,"
-                   " lease_owner=?, lease_expires_at=? WHERE id = (SELECT id FROM jobs WHERE state=? OR (state=?"
-                   f" AND lease_expires_at<? AND lease_owner<>?) ORDER BY id LIMIT 1{self._d.skip_locked})"
+                c, f"UPDATE jobs SET state=?, attempts=attempts+1, started_at={t}, finished_at=NULL, error=NULL,"
+                   f" lease_owner=?, lease_expires_at={t} + ? WHERE id = (SELECT id FROM jobs WHERE state=? OR"
+                   f" (state=? AND lease_expires_at<{t} AND lease_owner<>?) ORDER BY id LIMIT 1{self._d.skip_locked})"
                    " RETURNING *",
-                (JobState.RUNNING, now, node_id, now + lease_s, JobState.PENDING, JobState.RUNNING, now,
+                (JobState.RUNNING, at, node_id, at, lease_s, JobState.PENDING, JobState.RUNNING, at,
                  node_id)).fetchone()
         return None if row is None else rows.job(row)
 
     def renew(self, job_id: int, node_id: str, lease_s: float = LEASE_S, now: float | None = None) -> bool:
+        t, at = self._d.clock(now)
         with self._db.write() as c:
-            now = lease_clock(c, self._d, now)
-            return self._x(c, "UPDATE jobs SET lease_expires_at=? WHERE id=? AND state=? AND lease_owner=?",
-                           (now + lease_s, job_id, JobState.RUNNING, node_id)).rowcount == 1
+            return self._x(c, f"UPDATE jobs SET lease_expires_at={t} + ? WHERE id=? AND state=? AND lease_owner=?",
+                           (at, lease_s, job_id, JobState.RUNNING, node_id)).rowcount == 1
 
     def release(self, job_id: int, node_id: str) -> bool:
         with self._db.write() as c:

@@ -15,31 +15,31 @@ from collections.abc import Sequence
 from node.store import rows as convert
 from node.store.base import LEASE_S
 from node.store.records import DeliveryRow, OutboxItem
-from node.store.sql.dialect import SqlPart, lease_clock
+from node.store.sql.dialect import SqlPart
 from node.store.states import DeliveryState
 
 
 class SqlOutbox(SqlPart):
     def claim(self, node_id: str, limit: int, lease_s: float = LEASE_S,
               now: float | None = None) -> dict[str, list[OutboxItem]]:
+        t, at = self._d.clock(now)
         with self._db.write() as c:
-            now = lease_clock(c, self._d, now)
             claimed = self._x(
-                c, "UPDATE outbox SET lease_owner=?, lease_expires_at=? WHERE id IN (SELECT id FROM outbox"
-                   " WHERE state=? AND next_attempt_at<=? AND (lease_expires_at IS NULL OR lease_expires_at<?)"
+                c, f"UPDATE outbox SET lease_owner=?, lease_expires_at={t} + ? WHERE id IN (SELECT id FROM outbox"
+                   f" WHERE state=? AND next_attempt_at<={t} AND (lease_expires_at IS NULL OR lease_expires_at<{t})"
                    f" ORDER BY id LIMIT ?{self._d.skip_locked}) RETURNING *",
-                (node_id, now + lease_s, DeliveryState.PENDING, now, now, limit)).fetchall()
+                (node_id, at, lease_s, DeliveryState.PENDING, at, at, limit)).fetchall()
         return convert.claimed(claimed)
 
     def renew(self, item_ids: Sequence[int], node_id: str, lease_s: float = LEASE_S,
               now: float | None = None) -> int:
         if not item_ids:
             return 0
+        t, at = self._d.clock(now)
         with self._db.write() as c:
-            now = lease_clock(c, self._d, now)
-            return self._x(c, f"UPDATE outbox SET lease_expires_at=? WHERE id IN ({self._d.marks(len(item_ids))})"
-                              " AND state=? AND lease_owner=?",
-                           (now + lease_s, *item_ids, DeliveryState.PENDING, node_id)).rowcount
+            return self._x(c, f"UPDATE outbox SET lease_expires_at={t} + ? WHERE id IN"
+                              f" ({self._d.marks(len(item_ids))}) AND state=? AND lease_owner=?",
+                           (at, lease_s, *item_ids, DeliveryState.PENDING, node_id)).rowcount
 
     def record_outcome(self, item_id: int, state: DeliveryState, error: str | None = None,
                        warning: str | None = None, next_attempt_at: float | None = None,
