@@ -250,6 +250,30 @@ def test_outbox_claim_outcome_and_supersession(store: Store, second_node: Store)
     assert store.outbox.release_leases("node-a") == 0  # every outcome ended its lease
 
 
+def test_outbox_leases_renew_per_owner_and_restart_releases_by_index_kind(store: Store, second_node: Store) -> None:
+    """renew extends only the caller's pending rows of the ids given; at a restart a shared index
+    (PostgreSQL) releases only the restarting node's leases, a one-node index (SQLite) every lease."""
+    study = "1.2.3"
+    job = store.jobs.queue("quantify", study, {}, [], arrive(store, study, "1.2.3.1.1"))
+    store.jobs.claim("node-a")
+    store.jobs.publish_results(job, delivering(study, ("sr", "9.1"), ("seg", "9.2"), ("sc", "9.3")))  # type: ignore[arg-type]
+    t0 = time.time()
+    mine = [i.id for i in store.outbox.claim("node-a", limit=2, lease_s=30, now=t0)["pacs"]]
+    theirs = [i.id for i in second_node.outbox.claim("node-b", limit=10, lease_s=30, now=t0)["pacs"]]
+    assert len(mine) == 2 and len(theirs) == 1
+    assert store.outbox.renew([], "node-a") == 0
+    assert store.outbox.renew(mine + theirs, "node-a", lease_s=100, now=t0 + 10) == 2
+    expiry = {r.id: (r.lease_owner, r.lease_expires_at) for r in store.outbox.rows(job)}
+    assert expiry[mine[0]] == expiry[mine[1]] == ("node-a", pytest.approx(t0 + 110))
+    assert expiry[theirs[0]] == ("node-b", pytest.approx(t0 + 30))
+    released = store.outbox.release_leases("node-a")
+    left = {r.id: r.lease_owner for r in store.outbox.rows(job)}
+    if store.shared:
+        assert released == 2 and left == {mine[0]: None, mine[1]: None, theirs[0]: "node-b"}
+    else:
+        assert released == 3 and set(left.values()) == {None}
+
+
 def test_outbox_waits_for_the_next_attempt_time(store: Store) -> None:
     study = "1.2.3"
     job = store.jobs.queue("quantify", study, {}, [], arrive(store, study, "1.2.3.1.1"))

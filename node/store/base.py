@@ -4,8 +4,9 @@ Three small stores by concern, reached through one `Store`:
 - `store.studies`: studies, series, instances (what was received, where its file is, study states);
 - `store.jobs`: the job queue (quantify jobs, one effective job per study version);
 - `store.outbox`: deliveries of result objects to destinations.
-Every SQL statement lives in an implementation of this interface (node.store.sqlite; PostgreSQL
-for several nodes, issue 18). Nothing else opens a connection or sees a transaction: a change that
+Every SQL statement lives in an implementation of this interface: node.store.sql, written once
+over a dialect, with the backends node.store.sqlite (one node) and node.store.postgres (several
+nodes, issue 18). Nothing else opens a connection or sees a transaction: a change that
 must be atomic is ONE method here (e.g. `jobs.publish_results` checks supersession, runs the
 caller's publish step and commits the outbox rows in one transaction).
 

@@ -115,8 +115,8 @@ class Delivery(NamedTuple):
 
 
 @dataclass(frozen=True)
-class OutboxItem:
-    """A claimed delivery, handed to the sender."""
+class OutboxEntry:
+    """What every outbox record names: the row, its job and study, and the object for one destination."""
 
     id: int
     job_id: int
@@ -126,6 +126,12 @@ class OutboxItem:
     path: str
     sop_instance_uid: str
     sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class OutboxItem(OutboxEntry):
+    """A claimed delivery, handed to the sender."""
+
     attempts: int
     created_at: float
     sha256: str | None = None
@@ -134,17 +140,9 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
-class DeliveryRow:
+class DeliveryRow(OutboxEntry):
     """An outbox row as listed (`iodine-node jobs`, /jobs, tests)."""
 
-    id: int
-    job_id: int
-    study_uid: str
-    destination: str
-    kind: str
-    path: str
-    sop_instance_uid: str
-    sop_class_uid: str
     state: DeliveryState
     attempts: int
     next_attempt_at: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -28,19 +29,14 @@ def job(row: Row) -> Job:
 
 
 def delivery(r: Row) -> DeliveryRow:
-    return DeliveryRow(r["id"], r["job_id"], r["study_uid"], r["destination"], r["kind"], r["path"],
-                       r["sop_instance_uid"], r["sop_class_uid"], DeliveryState(r["state"]), r["attempts"],
-                       r["next_attempt_at"], r["created_at"], r["delivered_at"], r["last_error"], r["warning"],
-                       r["sha256"], r["lease_owner"], r["lease_expires_at"])
+    return DeliveryRow(**{f.name: r[f.name] for f in fields(DeliveryRow)} | {"state": DeliveryState(r["state"])})
 
 
 def claimed(rows: Iterable[Row]) -> dict[str, list[OutboxItem]]:
     """Claimed outbox rows (with their new lease) per destination, oldest first."""
     out: dict[str, list[OutboxItem]] = {}
     for r in sorted(rows, key=lambda r: r["id"]):
-        out.setdefault(r["destination"], []).append(OutboxItem(
-            r["id"], r["job_id"], r["study_uid"], r["destination"], r["kind"], r["path"], r["sop_instance_uid"],
-            r["sop_class_uid"], r["attempts"], r["created_at"], r["sha256"], r["lease_owner"], r["lease_expires_at"]))
+        out.setdefault(r["destination"], []).append(OutboxItem(**{f.name: r[f.name] for f in fields(OutboxItem)}))
     return out
 
 

@@ -6,7 +6,7 @@ the network dropped is replaced at the next transaction; the transaction that sa
 StoreUnavailable (the caller answers "retry later") and changed nothing: psycopg's operational
 errors (server gone, admin shutdown, serialization failure, deadlock) never leak out.
 
-Lease times come from the database server's clock (`NOW_SQL`) unless a test passes `now`: the nodes
+Lease times come from the database server's clock (DIALECT.server_clock) unless a test passes `now`: the nodes
 of a shared index then agree on when a lease expires, whatever their own clocks say.
 """
 
@@ -21,11 +21,20 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from node.store.postgres.schema import migrate
+from node.store.postgres.schema import LOCK_CLASS_STUDY, migrate
 from node.store.records import StoreUnavailable
+from node.store.sql.dialect import Dialect
 
-# The time of a statement: the caller's `now` parameter (tests), else the server's clock.
-NOW_SQL = "COALESCE(%(now)s::double precision, extract(epoch from clock_timestamp()))"
+
+def study_lock(c: Any, study_uid: str) -> None:
+    """Hold off every other publication or result deletion of the study until this transaction ends."""
+    c.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS_STUDY, study_uid))
+
+
+# A shared index: row locks, SKIP LOCKED claims, leases on the server's clock (the nodes agree on
+# when a lease expires whatever their own clocks say), restart recovery of this node's leases only.
+DIALECT = Dialect(placeholder="%s", for_update=" FOR UPDATE", skip_locked=" FOR UPDATE SKIP LOCKED",
+                  server_clock="extract(epoch from clock_timestamp())", shared=True, lock_study=study_lock)
 
 
 def redact(dsn: str) -> str:
@@ -46,6 +55,7 @@ class Db:
         self._dsn = dsn
         self.location = redact(dsn)
         self.read_only = read_only
+        self.dialect = DIALECT
         self._connect_timeout_s = connect_timeout_s
         self.lock = threading.RLock()
         self.conn = self._connect()
@@ -70,9 +80,10 @@ class Db:
             self.conn.close()
 
     @contextmanager
-    def write(self, pipeline: bool = False) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    def write(self, durable: bool = False, pipeline: bool = False) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         """One transaction under this process's lock: COMMIT at the end, ROLLBACK on any exception.
-        PostgreSQL's commit is durable (synchronous_commit=on, the default) before it returns.
+        PostgreSQL's commit is durable (synchronous_commit=on, the default) before it returns, so
+        `durable` asks nothing more.
         pipeline: statements (BEGIN too) are sent without waiting for each answer (libpq pipeline
         mode); a fetch waits for everything sent before it. For hot paths: a round trip per fetch,
         not per statement."""
@@ -86,16 +97,18 @@ class Db:
                 raise StoreUnavailable(f"index {self.location}: {exc}") from exc
 
     @contextmanager
-    def snapshot(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    def read(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         """A read-only REPEATABLE READ transaction: several SELECTs see one consistent state."""
         with self.write() as c:
             c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield c
 
-    def rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    def rows(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        """sql: the shared SQL (`?` placeholders, node.store.sql)."""
         with self.write() as c:
-            return c.execute(sql, params).fetchall()
+            return c.execute(DIALECT.sql(sql), params or None).fetchall()
 
-    def row(self, sql: str, params: Any = None) -> dict[str, Any] | None:
+    def row(self, sql: str, params: Any = ()) -> dict[str, Any] | None:
+        """sql: the shared SQL (`?` placeholders, node.store.sql)."""
         with self.write() as c:
-            return c.execute(sql, params).fetchone()
+            return c.execute(DIALECT.sql(sql), params or None).fetchone()

@@ -17,9 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from node.store.records import StoreUnavailable
+from node.store.sql.dialect import Dialect
 from node.store.sqlite.schema import migrate
 
 INDEX_FILE = "index.sqlite3"
+
+
+def _one_writer(_c: object, _study_uid: str) -> None:
+    """BEGIN IMMEDIATE holds SQLite's one write lock for the transaction: no study lock is needed."""
+
+
+# One node per index, one writer at a time: no row locks, this process's clock for leases.
+DIALECT = Dialect(placeholder="?", for_update="", skip_locked="", server_clock=None, shared=False,
+                  lock_study=_one_writer)
 
 
 @contextmanager
@@ -55,6 +65,7 @@ class Db:
         if not read_only:
             root.mkdir(parents=True, exist_ok=True)
         self.path = root / INDEX_FILE
+        self.dialect = DIALECT
         self.read_only = read_only
         with translated():
             self.conn = connect(self.path, read_only)
