@@ -18,7 +18,7 @@ from pynetdicom.sop_class import PositronEmissionTomographyImageStorage
 
 from node.crashpoints import CRASH_ENV
 from tests.conftest import IN_CI
-from tests.peers import PEER_ENV, NodeProcess, StoreSCP, pid_children, wait_for
+from tests.peers import PEER_ENV, NodeProcess, StoreSCP, pid_children, short_pet_series, wait_for
 from tests.test_ingest import acknowledged, dataset_bytes
 
 peer = pytest.mark.peer  # every test here but the in-process ones runs real processes
@@ -36,15 +36,7 @@ def short(study, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The first 40 PET slices as a complete series of their own (NumberOfSlices 40, PS3.3
     C.8.9.4.1.9): a third of the processing time of the whole series, for tests that run a job
     more than once."""
-    out = tmp_path_factory.mktemp("short")
-    by_index = sorted((int(pydicom.dcmread(f, stop_before_pixels=True).ImageIndex), f) for f in study.pet_files)
-    files = []
-    for _, f in by_index[:40]:
-        ds = pydicom.dcmread(f)
-        ds.NumberOfSlices = 40
-        ds.save_as(out / f.name)
-        files.append(out / f.name)
-    return files
+    return short_pet_series(study.pet_files, tmp_path_factory.mktemp("short"))
 
 
 @pytest.fixture

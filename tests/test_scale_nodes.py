@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from psycopg.rows import dict_row
 
-from tests.peers import NodeProcess, StoreSCP, wait_for
+from tests.peers import NodeProcess, StoreSCP, short_pet_series, wait_for
 
 pytestmark = pytest.mark.peer
 
@@ -33,14 +33,7 @@ def split_study(phantom_factory, tmp_path_factory):
     """(PET files, CT files, StudyInstanceUID): the first 40 PET slices as a complete series of their
     own (NumberOfSlices 40, PS3.3 C.8.9.4.1.9), a third of the processing time, and the whole CT."""
     ph = phantom_factory(seed=1, vendor="siemens", noise=0.15)
-    out = tmp_path_factory.mktemp("short-pet")
-    by_index = sorted((int(pydicom.dcmread(f, stop_before_pixels=True).ImageIndex), f) for f in ph.pet_files)
-    pet = []
-    for _, f in by_index[:40]:
-        ds = pydicom.dcmread(f)
-        ds.NumberOfSlices = 40
-        ds.save_as(out / f.name)
-        pet.append(out / f.name)
+    pet = short_pet_series(ph.pet_files, tmp_path_factory.mktemp("short-pet"))
     return pet, list(ph.ct_files), ph.truth["study_instance_uid"]
 
 
