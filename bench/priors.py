@@ -2,6 +2,8 @@
 (through its ingest) against dcmtk's movescu -> storescp and getscu, same Orthanc, same study.
 
 Prints seconds for each and the ratio node / dcmtk. Usage: python -m bench.priors [--size wholebody]
+[--associations 2] (series the node retrieves at once, each on its own association; dcmtk's tools
+retrieve the study over one).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def run(cmd: list[str]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="wholebody", choices=("small", "wholebody"))
+    parser.add_argument("--associations", type=int, default=2, help="series retrieved at once (priors.query)")
     args = parser.parse_args()
     study = phantom(args.size)
     uid = study.truth["study_instance_uid"]
@@ -55,7 +58,7 @@ def main() -> int:
             run(["storescu", "-aet", "BENCH", "-aec", orthanc.aet, "+sd", "+r", "127.0.0.1",
                  str(orthanc.dicom_port), str(study.out_dir / "PT"), str(study.out_dir / "CT")])
             query = PriorQuery(orthanc.aet, "127.0.0.1", orthanc.dicom_port, node.ae_title, "move", node.ae_title,
-                               300.0)
+                               300.0, associations=args.associations)
             reference = datetime.strptime(study.truth["scan_start_datetime"][:8], "%Y%m%d") + timedelta(days=30)
             t0 = time.perf_counter()
             priors = find_prior_studies(query, study.truth["patient"]["id"], "", reference, 90, set())
@@ -73,7 +76,8 @@ def main() -> int:
             get_root.mkdir()
             get_index = open_store(get_root)
             get_spool = Spool(get_root)
-            _get(PriorQuery(orthanc.aet, "127.0.0.1", orthanc.dicom_port, "BENCH", "get", "", 300.0), priors[0],
+            _get(PriorQuery(orthanc.aet, "127.0.0.1", orthanc.dicom_port, "BENCH", "get", "", 300.0,
+                            associations=args.associations), priors[0],
                  ingest_store(get_spool, Ingestor(get_spool, get_index, 2**40), orthanc.aet))
             get_index.close()
             get_s = time.perf_counter() - t0
@@ -101,7 +105,8 @@ def main() -> int:
             node.stop()
             orthanc.stop()
     mb = sum(p.stat().st_size for p in study.files) / 1e6
-    print(f"{args.size} study: {n_files} instances, {mb:.0f} MB, from Orthanc")
+    print(f"{args.size} study: {n_files} instances, {mb:.0f} MB, from Orthanc; the node retrieves "
+          f"{args.associations} series at once")
     print(f"  C-FIND study + series   node {find_s:6.2f} s")
     print(f"  C-MOVE into the node    node {move_s:6.2f} s ({n_files / move_s:4.0f}/s)   movescu -> storescp "
           f"{ref_move_s:6.2f} s ({n_files / ref_move_s:4.0f}/s)   ratio {move_s / ref_move_s:.2f}   "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -128,15 +129,34 @@ def _series_key(prior: PriorStudy, series_uid: str) -> Dataset:
     return ds
 
 
+def _each_series(query: PriorQuery, prior: PriorStudy, retrieve_one: Callable[[str], None]) -> None:
+    """retrieve_one(series UID) for every series of the prior, `query.associations` at once: each
+    opens its own association, so the PACS sends the series in parallel (a retrieve is one
+    operation at a time on an association, and PACSs rarely negotiate asynchronous operations,
+    PS3.7 D.3.3.3). The first failure is raised once every started retrieve has ended."""
+    series = list(prior.series)
+    if len(series) <= 1 or query.associations <= 1:
+        for series_uid in series:
+            retrieve_one(series_uid)
+        return
+    with ThreadPoolExecutor(max_workers=min(len(series), query.associations), thread_name_prefix="retrieve") as pool:
+        futures = [pool.submit(retrieve_one, series_uid) for series_uid in series]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+
+
 def _move(query: PriorQuery, prior: PriorStudy) -> None:
-    assoc = _associate(query, "C-MOVE", (StudyRootQueryRetrieveInformationModelMove,))
-    try:
-        for series_uid in prior.series:
+    def move_one(series_uid: str) -> None:
+        assoc = _associate(query, "C-MOVE", (StudyRootQueryRetrieveInformationModelMove,))
+        try:
             _final_status(assoc.send_c_move(_series_key(prior, series_uid), query.move_destination,
                                             StudyRootQueryRetrieveInformationModelMove),
                           f"C-MOVE of series {series_uid} to {query.move_destination}")
-    finally:
-        assoc.release()
+        finally:
+            assoc.release()
+
+    _each_series(query, prior, move_one)
 
 
 def _final_status(iterator: Iterator[tuple[Dataset, Dataset | None]], what: str) -> None:
@@ -173,15 +193,17 @@ def _get(query: PriorQuery, prior: PriorStudy, store: StoreInstance) -> None:
             return store(event.encoded_dataset(include_meta=True))
         return store(Path(path))
 
-    assoc = _associate(query, "C-GET", (StudyRootQueryRetrieveInformationModelGet, *GET_STORAGE_CLASSES),
-                       ext_neg=[build_role(c, scp_role=True) for c in GET_STORAGE_CLASSES],
-                       evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
-        for series_uid in prior.series:
+    def get_one(series_uid: str) -> None:
+        assoc = _associate(query, "C-GET", (StudyRootQueryRetrieveInformationModelGet, *GET_STORAGE_CLASSES),
+                           ext_neg=[build_role(c, scp_role=True) for c in GET_STORAGE_CLASSES],
+                           evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        try:
             _final_status(assoc.send_c_get(_series_key(prior, series_uid), StudyRootQueryRetrieveInformationModelGet),
                           f"C-GET of series {series_uid}")
-    finally:
-        assoc.release()
+        finally:
+            assoc.release()
+
+    _each_series(query, prior, get_one)
 
 
 def retrieve_study(query: PriorQuery, prior: PriorStudy, store: StoreInstance) -> None:

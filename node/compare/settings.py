@@ -63,6 +63,9 @@ class PriorQuery:
     retrieve: Literal["move", "get"] = "move"
     move_destination: AETitle | None = None  # None: the node's own AE title (for_node)
     timeout_s: Annotated[float, Gt(0)] = 120.0
+    # Series retrieved at once, each over its own association (a PET/CT study has two series; the
+    # PACS then sends both at once, and the node's listener processes take them in parallel).
+    associations: Annotated[int, Interval(ge=1, le=8)] = 2
 
     def for_node(self, node_ae_title: str) -> PriorQuery:
         """The query with the node's AE title where the configuration left the AE titles open."""

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pynetdicom import AE, _config, evt
+from pynetdicom import _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from node.export.base import DEAD, DELIVERED, RETRY, Outcome, Parcel, Report, no_report, register
 from node.net.assoc import SCU_MAX_PDU_BYTES, tune_association
+from node.net.reactor import EventAE, rejection_of
 
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result 1 = rejected-permanent; source 1 reasons 3 and 7 are the AE titles.
@@ -79,7 +80,7 @@ class DicomTarget:
     def _send_on_one(self, todo: Sequence[Parcel], headers: dict[int, Any], report: Report) -> dict[int, Outcome]:
         """Send `todo` over one association; an outcome for each."""
         out: dict[int, Outcome] = {}
-        ae = AE(ae_title=self.calling)
+        ae = EventAE(ae_title=self.calling)
         # What we announce bounds only what the peer sends us (C-STORE-RSPs); our P-DATA follow the
         # peer's announced maximum (PS3.8 D.1).
         ae.maximum_pdu_size = SCU_MAX_PDU_BYTES
@@ -123,8 +124,8 @@ class DicomTarget:
 
     def _refusal(self, assoc: Any) -> Outcome:
         where = f"{self.d.ae_title}@{self.d.host}:{self.d.port}"
-        if assoc.is_rejected:
-            rsp = assoc.acceptor.primitive
+        rsp = rejection_of(assoc)
+        if assoc.is_rejected or rsp is not None:
             result = getattr(rsp, "result", None) if isinstance(rsp, A_ASSOCIATE) else None
             source = getattr(rsp, "result_source", None)
             reason = getattr(rsp, "diagnostic", None)

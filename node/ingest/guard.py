@@ -38,8 +38,9 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from node.ingest.dimse_guard import GuardedDIMSE
+from node.ingest.dimse_guard import GuardedDIMSE, StoreHandler
 from node.ingest.guard_log import Refusals, compact_library_logs, quiet
+from node.net.reactor import EventAssociation
 from node.net.sockets import set_nodelay, set_reuseport
 from node.net.wire import (
     A_ASSOCIATE_RQ,
@@ -89,10 +90,11 @@ class GuardedServer(ThreadedAssociationServer):
     refusals: Refusals
 
     def __init__(self, *args: Any, guard: GuardSettings, refusals: Refusals, receive_dir: Path | None = None,
-                 reuse_port: bool = False, **kwargs: Any) -> None:
+                 store: StoreHandler | None = None, reuse_port: bool = False, **kwargs: Any) -> None:
         self.guard = guard
         self.refusals = refusals
         self.receive_dir = receive_dir  # where C-STORE data sets stream to (node.ingest.dimse_guard)
+        self.store = store  # the listener's store, called by the DIMSE provider (node.ingest.dimse_guard)
         self.reuse_port = reuse_port  # several listener processes on one port (node.ingest.pool)
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
@@ -231,11 +233,12 @@ class GuardedHandler(RequestHandler):
 
     def _create_association(self, prefix: bytes = b"") -> Association:  # type: ignore[override]
         """As pynetdicom's RequestHandler._create_association, with the guarded socket and DIMSE."""
-        assoc = Association(self.ae, MODE_ACCEPTOR)
+        assoc = EventAssociation.adopt(Association(self.ae, MODE_ACCEPTOR), GuardedDIMSE)
         assoc._server = self.server  # noqa: SLF001 - pynetdicom's own wiring
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.dimse = GuardedDIMSE(assoc)
+        assert isinstance(assoc.dimse, GuardedDIMSE)
         assoc.dimse.receive_dir = self.server.receive_dir
+        assoc.dimse.store = self.server.store if self.server.receive_dir is not None else None
         assoc.set_socket(GuardedSocket(assoc, self.request, prefix, self.server.guard, self.server.refusals,
                                        self.client_address))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.charset import convert_encodings, decode_bytes
@@ -96,6 +97,27 @@ def _decode(tag: int, vr: str, raw: bytes, encodings: list[str]) -> HeaderValue:
     return text
 
 
+def _values(meta: dict[int, RawDataElement], found: dict[int, RawDataElement],
+            keywords: tuple[str, ...] | None = None) -> dict[str, HeaderValue] | None:
+    """Decoded values of the found elements (only `keywords` when given) and of the file meta's
+    MediaStorageSOPClassUID and TransferSyntaxUID; None when one does not decode."""
+    try:
+        charset = found.get(0x00080005)
+        terms = charset.value.decode("ascii").strip("\0 ").split("\\") if charset else []
+        encodings = convert_encodings([t.strip() for t in terms] or None)
+        out: dict[str, HeaderValue] = {}
+        for tag, elem in found.items():
+            keyword = keyword_for_tag(tag)
+            if keywords is None or keyword in keywords:
+                out[keyword] = _decode(tag, elem.VR or dictionary_VR(tag), elem.value, encodings)
+        for tag in (0x00020002, 0x00020010):
+            if tag in meta:
+                out[keyword_for_tag(tag)] = _decode(tag, "UI", meta[tag].value, encodings)
+    except (UnicodeDecodeError, ValueError, LookupError, struct.error):
+        return None
+    return out
+
+
 def scan_values(path: Path, keywords: tuple[str, ...]) -> dict[str, HeaderValue] | None:
     """The wanted top-level values of a little-endian Part 10 file (file meta's TransferSyntaxUID
     and MediaStorageSOPClassUID included), or None when the caller must use pydicom."""
@@ -103,20 +125,28 @@ def scan_values(path: Path, keywords: tuple[str, ...]) -> dict[str, HeaderValue]
     if raw is None:
         return None
     meta, found, _, _ = raw
-    try:
-        charset = found.get(0x00080005)
-        terms = charset.value.decode("ascii").strip("\0 ").split("\\") if charset else []
-        encodings = convert_encodings([t.strip() for t in terms] or None)
-        out: dict[str, HeaderValue] = {}
-        for tag, elem in found.items():
-            vr = elem.VR or dictionary_VR(tag)
-            out[keyword_for_tag(tag)] = _decode(tag, vr, elem.value, encodings)
-        for tag in (0x00020002, 0x00020010):
-            if tag in meta:
-                out[keyword_for_tag(tag)] = _decode(tag, "UI", meta[tag].value, encodings)
-    except (UnicodeDecodeError, ValueError, LookupError, struct.error):
+    return _values(meta, found)
+
+
+@dataclass(frozen=True)
+class InstanceScan:
+    """What ingest learns from one pass over a received file."""
+
+    values: dict[str, HeaderValue]  # the wanted keywords, TransferSyntaxUID, MediaStorageSOPClassUID
+    pixel_bytes: tuple[int, int] | None  # see pixel_data_shortfall; None: pydicom must judge
+
+
+def scan_instance(path: Path, keywords: tuple[str, ...]) -> InstanceScan | None:
+    """scan_values and pixel_data_shortfall in one pass over the file (one mmap, one walk of the
+    element headers up to Pixel Data); None when the caller must use pydicom for the values."""
+    raw = _scan(path, (*keywords, *_PIXEL_KEYWORDS))
+    if raw is None:
         return None
-    return out
+    meta, found, _, pixels = raw
+    values = _values(meta, found, keywords)
+    if values is None:
+        return None
+    return InstanceScan(values, _shortfall(meta, found, pixels))
 
 
 def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement],
@@ -184,6 +214,7 @@ def _scan_dataset(buf: mmap.mmap | bytes, pos: int, implicit: bool, wanted: set[
 
 
 _PIXEL_KEYWORDS = ("SamplesPerPixel", "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "PixelData")
+_PIXEL_TAGS = {int(Tag(k)) for k in _PIXEL_KEYWORDS}
 
 
 def pixel_data_shortfall(path: Path) -> tuple[int, int] | None:
@@ -194,6 +225,11 @@ def pixel_data_shortfall(path: Path) -> tuple[int, int] | None:
     if raw is None:
         return None
     meta, found, _, pixels = raw
+    return _shortfall(meta, found, pixels)
+
+
+def _shortfall(meta: dict[int, RawDataElement], found: dict[int, RawDataElement],
+               pixels: tuple[int, int, int] | None) -> tuple[int, int] | None:
     if pixels is None:
         return (0, 0)
     offset, length, size = pixels
@@ -201,7 +237,8 @@ def pixel_data_shortfall(path: Path) -> tuple[int, int] | None:
     if length == _UNDEFINED or ts.is_compressed:
         return (0, 0)
     try:
-        values = {keyword_for_tag(t): _decode(t, e.VR or dictionary_VR(t), e.value, []) for t, e in found.items()}
+        values = {keyword_for_tag(t): _decode(t, e.VR or dictionary_VR(t), e.value, []) for t, e in found.items()
+                  if t in _PIXEL_TAGS}
     except (UnicodeDecodeError, ValueError, struct.error):
         return None
     rows, cols, bits = values.get("Rows"), values.get("Columns"), values.get("BitsAllocated")

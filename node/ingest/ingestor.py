@@ -13,11 +13,12 @@ from typing import BinaryIO
 import pydicom
 import pydicom.filereader
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from node.crashpoints import crash_point
 from node.fsutil import fsync_dir, fsync_file
 from node.ingest.deflate import InflateError, inflated_size, is_deflated
-from node.ingest.header import HeaderValue, pixel_data_shortfall, scan_values
+from node.ingest.header import HeaderValue, pixel_data_shortfall, scan_instance, scan_values
 from node.ingest.sop_classes import ACCEPTED_SOP_CLASSES
 from node.ingest.spool import ReceiveFile, Spool, is_disk_error
 from node.metrics import Metrics
@@ -92,9 +93,19 @@ def read_header(path: Path) -> Header:
         raise IngestError(CANNOT_UNDERSTAND, f"not a DICOM Part 10 file ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure means we cannot understand it
         raise IngestError(CANNOT_UNDERSTAND, f"cannot decode the dataset: {type(exc).__name__}: {exc}") from None
+    return checked_header(values)
+
+
+def checked_header(values: Header) -> Header:
+    """`values` if it names any SOP, Study or Series UID; else IngestError(0xC000)."""
     if not any(k in values for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")):
         raise IngestError(CANNOT_UNDERSTAND, "no SOP, Study or Series UID: the payload is not a DICOM dataset")
     return values
+
+
+def _incomplete(actual: int, expected: int) -> str:
+    return (f"pixel data incomplete: {actual} of {expected} bytes "
+            "(Rows x Columns x SamplesPerPixel x BitsAllocated x frames)")
 
 
 def check_pixel_data_complete(path: Path) -> None:
@@ -103,10 +114,8 @@ def check_pixel_data_complete(path: Path) -> None:
     set a sender cut short. The pixel data is not read, only its length and the bytes present."""
     fast = pixel_data_shortfall(path)
     if fast is not None:
-        actual, expected = fast
-        if actual < expected:
-            raise IngestError(CANNOT_UNDERSTAND, f"pixel data incomplete: {actual} of {expected} bytes "
-                                                 "(Rows x Columns x SamplesPerPixel x BitsAllocated x frames)")
+        if fast[0] < fast[1]:
+            raise IngestError(CANNOT_UNDERSTAND, _incomplete(*fast))
         return
     try:  # big endian, deflated, or a stream the scanner does not follow: pydicom decides
         ds = pydicom.dcmread(path, defer_size=1024)
@@ -123,8 +132,7 @@ def check_pixel_data_complete(path: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - a partial file fails in many ways
         raise IngestError(CANNOT_UNDERSTAND, f"cannot read the whole file: {type(exc).__name__}: {exc}") from None
     if actual < expected:
-        raise IngestError(CANNOT_UNDERSTAND, f"pixel data incomplete: {actual} of {expected} bytes "
-                                             "(Rows x Columns x SamplesPerPixel x BitsAllocated x frames)")
+        raise IngestError(CANNOT_UNDERSTAND, _incomplete(actual, expected))
 
 
 def _dataset_offset(fh: BinaryIO) -> int:
@@ -271,17 +279,26 @@ class Ingestor:
         if size > self.max_instance_bytes:
             raise IngestError(OUT_OF_RESOURCES, f"instance of {size / 1e6:.1f} MB exceeds ingest.max_instance_mb "
                                                 f"({self.max_instance_bytes / 1e6:.0f} MB)")
-        if is_deflated(temp):  # a deflate bomb must not be inflated whole (node/ingest/deflate.py)
-            try:
-                inflated_size(temp, self.max_instance_bytes)
-            except InflateError as exc:
-                raise IngestError(OUT_OF_RESOURCES if exc.too_large else CANNOT_UNDERSTAND,
-                                  f"{exc.reason} (ingest.max_instance_mb)" if exc.too_large else exc.reason) from None
         synced = self._io.submit(fsync_file, temp)
         try:
-            header = read_header(temp)
+            scan = scan_instance(temp, HEADER_KEYWORDS)  # one pass: header values and pixel data length
+            syntax = scan.values.get("TransferSyntaxUID") if scan is not None else None
+            if syntax == DeflatedExplicitVRLittleEndian or (scan is None and is_deflated(temp)):
+                # A deflate bomb must not be inflated whole (node/ingest/deflate.py); the scan
+                # above inflated a bounded prefix only.
+                try:
+                    inflated_size(temp, self.max_instance_bytes)
+                except InflateError as exc:
+                    raise IngestError(OUT_OF_RESOURCES if exc.too_large else CANNOT_UNDERSTAND,
+                                      f"{exc.reason} (ingest.max_instance_mb)" if exc.too_large else exc.reason
+                                      ) from None
+            header = read_header(temp) if scan is None else checked_header(scan.values)
             probe = describe(header, "", size)
-            check_pixel_data_complete(temp)
+            pixel_bytes = scan.pixel_bytes if scan is not None else None
+            if pixel_bytes is None:
+                check_pixel_data_complete(temp)
+            elif pixel_bytes[0] < pixel_bytes[1]:
+                raise IngestError(CANNOT_UNDERSTAND, _incomplete(*pixel_bytes))
         finally:
             synced.result()
         if context_sop_class and probe.sop_class_uid != context_sop_class:

@@ -135,7 +135,7 @@ class Listener:
         compact_library_logs()
         server = self.ae.make_server(address, evt_handlers=handlers, ssl_context=_tls_context(self.config),
                                      server_class=GuardedServer, guard=self.guard, refusals=self.refusals,
-                                     receive_dir=self.spool_tmp, reuse_port=self.reuse_port)
+                                     receive_dir=self.spool_tmp, store=self.store, reuse_port=self.reuse_port)
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
         self._thread.start()
         self.ae._servers.append(server)  # noqa: SLF001 - as AE.start_server does, so shutdown() finds it
@@ -206,25 +206,31 @@ class Listener:
         return 0x0000
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
-        r = event.assoc.requestor
-        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
-        sop_class = str(event.request.AffectedSOPClassUID or "")
+        """pynetdicom's EVT_C_STORE handler, for the C-STOREs the DIMSE provider does not answer
+        itself (node.ingest.dimse_guard)."""
+        status, comment = self.store(Path(event.dataset_path), str(event.request.AffectedSOPClassUID or ""),
+                                     str(event.request.AffectedSOPInstanceUID or ""), event.assoc)
+        return _status(status, comment) if comment else status
+
+    def store(self, path: Path, sop_class: str, sop_uid: str, assoc: Association) -> tuple[int, str]:
+        """Ingest one received data set file: (C-STORE status, error comment) for the answer."""
+        r = assoc.requestor
         if sop_class not in ACCEPTED_SOP_CLASSES:
             log.warning("refused instance %s from %s: SOP Class %s not stored by this node", sop_uid[:64],
                         r.ae_title, sop_class)
-            return _status(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class} not supported")
+            return SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class} not supported"
         try:
-            outcome = self.ingestor.ingest(Path(event.dataset_path), source="dicom", calling_ae=r.ae_title,
+            outcome = self.ingestor.ingest(path, source="dicom", calling_ae=r.ae_title,
                                            context_sop_class=sop_class, affected_sop_uid=sop_uid)
         except IngestError as exc:
             log.warning("refused instance %s from %s at %s: %s (status 0x%04X)", sop_uid[:64], r.ae_title,
                         r.address, exc.reason, exc.status)
             if self.metrics:
                 self.metrics.inc("iodine_instances_refused_total")
-            return _status(exc.status, exc.reason)
+            return exc.status, exc.reason
         except Exception as exc:
             log.exception("could not store instance %s from %s", sop_uid[:64], r.ae_title)
-            return _status(OUT_OF_RESOURCES, f"not stored: {type(exc).__name__}: {exc}")
+            return OUT_OF_RESOURCES, f"not stored: {type(exc).__name__}: {exc}"
         if not outcome.stored:
             log.debug("duplicate instance %s from %s: already stored", sop_uid, r.ae_title)
-        return 0x0000
+        return 0x0000, ""

@@ -6,6 +6,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 
+from node.net.reactor import EventAE
 from node.net.sockets import nodelay_of
 
 # pynetdicom's DUL reactor naps 1 ms whenever its queue is empty, which adds up to a millisecond to
@@ -28,9 +29,10 @@ def on_open(event: evt.Event) -> None:
 
 
 def requestor(calling_ae: str, timeout_s: float, contexts: tuple[tuple[str, ...], ...] = ()) -> AE:
-    """An AE for one outgoing association: large PDUs, every timeout at `timeout_s`, and the
-    presentation contexts given as (abstract syntax, transfer syntaxes...) tuples."""
-    ae = AE(ae_title=calling_ae)
+    """An AE for one outgoing association: event-driven reactors (node.net.reactor), large PDUs,
+    every timeout at `timeout_s`, and the presentation contexts given as (abstract syntax, transfer
+    syntaxes...) tuples."""
+    ae = EventAE(ae_title=calling_ae)
     ae.maximum_pdu_size = SCU_MAX_PDU_BYTES
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for abstract, *syntaxes in contexts:

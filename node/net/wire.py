@@ -60,3 +60,35 @@ def abort_and_shutdown(sock: socket.socket, abort: int | None) -> None:
             sock.sendall(a_abort(abort))
     with contextlib.suppress(OSError, ValueError):
         sock.shutdown(socket.SHUT_RDWR)
+
+
+# -- C-STORE-RSP command set (PS3.7 9.3.1.2 Table 9.3-2), implicit VR little endian (PS3.7 6.3.1) --
+
+_C_STORE_RSP = 0x8001
+_NO_DATA_SET = 0x0101  # Command Data Set Type: no data set follows (PS3.7 E.1)
+
+
+def _element(tag: int, value: bytes) -> bytes:
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw  # UI pads with NUL to even length (PS3.5 6.2)
+
+
+def c_store_rsp(message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int,
+                error_comment: str = "") -> bytes:
+    """The encoded command set of a C-STORE-RSP: what pynetdicom builds through a primitive, a
+    pydicom Dataset and its writer, written directly (elements in ascending tag order, group length
+    first; Error Comment (0000,0902) LO, 64 characters at most, only when given)."""
+    body = _element(0x00000002, _uid(sop_class_uid))
+    body += _element(0x00000100, struct.pack("<H", _C_STORE_RSP))
+    body += _element(0x00000120, struct.pack("<H", message_id))
+    body += _element(0x00000800, struct.pack("<H", _NO_DATA_SET))
+    body += _element(0x00000900, struct.pack("<H", status))
+    if error_comment:
+        comment = error_comment[:64].encode("ascii", "replace")
+        body += _element(0x00000902, comment + b" " if len(comment) % 2 else comment)
+    body += _element(0x00001000, _uid(sop_instance_uid))
+    return _element(0x00000000, struct.pack("<L", len(body))) + body

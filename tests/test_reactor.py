@@ -1,0 +1,140 @@
+"""The association machinery of node.net.reactor and the listener's own C-STORE answer.
+
+- The C-STORE-RSP the DIMSE provider writes itself is byte for byte what pynetdicom would encode.
+- Over a real association: success, and a refusal whose status and Error Comment reach the sender,
+  both answered without pynetdicom's storage service class.
+- Idle associations sleep: pynetdicom's reactors poll (a 1 ms and a 0.1 ms nap per thread), so
+  open, idle associations cost CPU; event-driven ones cost next to none.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, service_class
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from node.config import parse_config
+from node.ingest.ingestor import Ingestor
+from node.ingest.listener import Listener
+from node.ingest.spool import Spool
+from node.net.assoc import requestor
+from node.net.reactor import EventAssociation
+from node.net.wire import c_store_rsp
+from node.store import open_store
+from tests.peers import free_port
+
+STUDY = "1.2.826.0.1.3680043.9.7433.98.1"
+
+
+def _ct(sop_uid: str, pixel_bytes: int = 8) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = STUDY
+    ds.SeriesInstanceUID = STUDY + ".1"
+    ds.Modality = "CT"
+    ds.PatientID = "REACTOR"
+    ds.Rows = ds.Columns = 2
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = b"\0" * pixel_bytes
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.set_original_encoding(False, True)
+    return ds
+
+
+@pytest.fixture
+def listener(tmp_path: Path):  # type: ignore[no-untyped-def]
+    config = parse_config({"node": {"bind": "127.0.0.1", "port": free_port()},
+                           "storage": {"root": str(tmp_path), "min_free_gb": 0.0}})
+    spool, index = Spool(tmp_path), open_store(tmp_path)
+    lst = Listener(config, Ingestor(spool, index, 10**9), spool.tmp)
+    lst.start()
+    yield lst, index
+    lst.stop()
+    index.close()
+
+
+def _pynetdicom_rsp(status: int, comment: str) -> bytes:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = CTImageStorage
+    rsp.AffectedSOPInstanceUID = "1.2.3.45"
+    rsp.Status = status
+    if comment:
+        rsp.ErrorComment = comment
+    msg = C_STORE_RSP()
+    msg.primitive_to_message(rsp)
+    (pdata,) = list(msg.encode_msg(1, 0))
+    return bytes(pdata.presentation_data_value_list[0][1][1:])
+
+
+@pytest.mark.parametrize(("status", "comment"), [(0x0000, ""), (0xA700, "disk full; retry later"),
+                                                 (0xC000, "odd length comment")])
+def test_store_answer_is_what_pynetdicom_encodes(status: int, comment: str) -> None:
+    assert c_store_rsp(7, CTImageStorage, "1.2.3.45", status, comment) == _pynetdicom_rsp(status, comment)
+
+
+def test_listener_answers_c_store_itself(listener, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    lst, index = listener
+    calls: list[object] = []
+    original = service_class.StorageServiceClass.SCP
+    monkeypatch.setattr(service_class.StorageServiceClass, "SCP",
+                        lambda self, req, cx: (calls.append(req), original(self, req, cx))[1])
+    ae = requestor("REACTORTEST", 30, ((CTImageStorage, "1.2.840.10008.1.2.1"),))
+    assoc = ae.associate("127.0.0.1", lst.port, ae_title=lst.config.node.ae_title)
+    assert assoc.is_established and isinstance(assoc, EventAssociation)
+    try:
+        ok = assoc.send_c_store(_ct(STUDY + ".1.1"))
+        cut = assoc.send_c_store(_ct(STUDY + ".1.2", pixel_bytes=4))  # 2x2x16 bits needs 8 bytes
+    finally:
+        assoc.release()
+    assert int(ok.Status) == 0x0000
+    assert int(cut.Status) == 0xC000 and "pixel data incomplete: 4 of 8 bytes" in str(cut.ErrorComment)
+    assert index.studies.instance_location(STUDY + ".1.1") is not None
+    assert index.studies.instance_location(STUDY + ".1.2") is None
+    assert calls == []  # neither went through pynetdicom's storage service class
+    assert not list((Path(lst.spool_tmp)).iterdir())  # received files closed and removed
+
+
+def _cpu_while_idle(port: int, ae_title: str, make_ae, seconds: float = 2.0) -> float:  # type: ignore[no-untyped-def]
+    assocs = []
+    for _ in range(4):
+        ae = make_ae()
+        assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+        assert assoc.is_established
+        assocs.append(assoc)
+    try:
+        assert all(a.send_c_echo().Status == 0 for a in assocs)
+        start = time.process_time()
+        time.sleep(seconds)  # a measurement window, not a wait for a condition
+        return time.process_time() - start
+    finally:
+        for a in assocs:
+            a.release()
+
+
+def test_idle_associations_sleep(listener) -> None:  # type: ignore[no-untyped-def]
+    lst, _ = listener
+
+    def event_ae() -> AE:
+        return requestor("IDLETEST", 30, ((Verification,),))
+
+    def polling_ae() -> AE:  # pynetdicom's own reactors on this side, with the node's 0.1 ms nap
+        ae = AE(ae_title="IDLETEST")
+        ae.add_requested_context(Verification)
+        return ae
+
+    event_cpu = _cpu_while_idle(lst.port, lst.config.node.ae_title, event_ae)
+    polling_cpu = _cpu_while_idle(lst.port, lst.config.node.ae_title, polling_ae)
+    # Both sides of 4 associations in this process: event driven on both sides against pynetdicom's
+    # polling on one. Wide margins: CPU time, not wall time, so a busy machine does not change it.
+    assert event_cpu < 0.3, event_cpu
+    assert polling_cpu > 2 * event_cpu, (polling_cpu, event_cpu)
