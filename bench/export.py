@@ -2,8 +2,8 @@
 
 Each run starts a new Orthanc (fsync on, as the tests run it) so neither sender meets instances the
 PACS already holds; senders alternate (storescu, node, storescu, ...). One association per batch
-for storescu and the node's default; `node-2assoc` spreads the batch over two associations at
-once (destinations[].associations: 2). Every dcmtk tool and Orthanc runs with TCP_NODELAY=1.
+for storescu and `node-1assoc`; `node-2assoc` spreads the batch over two associations at once
+(destinations[].associations: 2, the node's default). Every dcmtk tool and Orthanc runs with TCP_NODELAY=1.
 Usage: python -m bench.export [--runs 3] [--size wholebody] [--instances N] [--orthanc-pdu-kb 16]
 """
 
@@ -70,7 +70,7 @@ def main() -> int:
         os.link(f, staged / f"{i:05d}.dcm")
     ordered = sorted(staged.iterdir())
     total_mb = sum(f.stat().st_size for f in ordered) / 1e6
-    times: dict[str, list[float]] = {"storescu": [], "iodine-node": [], "node-2assoc": []}
+    times: dict[str, list[float]] = {"storescu": [], "node-1assoc": [], "node-2assoc": []}
     try:
         for run in range(args.runs):
             for name in times:
@@ -96,7 +96,7 @@ def main() -> int:
           f"medians of {args.runs} runs")
     for k, s in med.items():
         print(f"{k:<12} {s:7.2f} s {n / s:7.0f} inst/s")
-    print(f"node sender / storescu: one association {med['iodine-node'] / med['storescu']:.2f}, two associations "
+    print(f"node sender / storescu: one association {med['node-1assoc'] / med['storescu']:.2f}, two associations "
           f"{med['node-2assoc'] / med['storescu']:.2f} (target <= 1.5); peak RSS of the sending Python process "
           f"{peak_mb:.0f} MB")
     OUT.mkdir(parents=True, exist_ok=True)

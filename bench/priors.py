@@ -24,7 +24,7 @@ from bench.common import phantom, rss_peak_mb  # noqa: E402
 from node.compare.priors import PriorQuery, _get, _move, find_prior_studies  # noqa: E402
 from node.ingest.ingestor import Ingestor  # noqa: E402
 from node.ingest.spool import Spool  # noqa: E402
-from node.retrieve import ingest_store  # noqa: E402
+from node.retrieve import ingest_store, spool_receiver  # noqa: E402
 from node.store import open_store  # noqa: E402
 from tests.peers import PEER_ENV, NodeProcess, Orthanc, free_port, wait_for  # noqa: E402
 
@@ -76,9 +76,9 @@ def main() -> int:
             get_root.mkdir()
             get_index = open_store(get_root)
             get_spool = Spool(get_root)
+            get_store = ingest_store(get_spool, Ingestor(get_spool, get_index, 2**40), orthanc.aet)
             _get(PriorQuery(orthanc.aet, "127.0.0.1", orthanc.dicom_port, "BENCH", "get", "", 300.0,
-                            associations=args.associations), priors[0],
-                 ingest_store(get_spool, Ingestor(get_spool, get_index, 2**40), orthanc.aet))
+                            associations=args.associations), priors[0], get_store, spool_receiver(get_spool, get_store))
             get_index.close()
             get_s = time.perf_counter() - t0
             get_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -23,10 +23,14 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from pynetdicom import Association, evt
+
 from node.compare.priors import PriorQuery, PriorQueryError, StoreInstance, find_prior_studies, retrieve_study
 from node.fsutil import fsync_dir, makedirs_durable, write_durable
+from node.ingest.dimse_guard import GuardedDIMSE
 from node.ingest.ingestor import IngestError, Ingestor
-from node.ingest.spool import Spool
+from node.ingest.spool import ReceiveFile, Spool
+from node.net.reactor import AssociationSetup, EventAssociation
 from node.store import Store
 from node.uids import is_valid_uid
 
@@ -81,6 +85,29 @@ def ingest_store(spool: Spool, ingestor: Ingestor, calling_ae: str) -> StoreInst
     return store
 
 
+def spool_receiver(spool: Spool, store: StoreInstance) -> AssociationSetup:
+    """Association setup for C-GET: the association's DIMSE provider is the listener's
+    (node.ingest.dimse_guard), so each C-STORE sub-operation streams into the spool and is
+    answered by `store` in the network thread, as a pushed instance is; partial files of an
+    association that ends mid-instance are removed."""
+
+    def answer(path: Path, _sop_class: str, _sop_uid: str, _assoc: object) -> tuple[int, str]:
+        return store(path), ""
+
+    def discard_partial(event: evt.Event) -> None:
+        ReceiveFile.discard_open(event.assoc.dul)
+
+    def setup(assoc: Association) -> EventAssociation:
+        adopted = EventAssociation.adopt(assoc, GuardedDIMSE)
+        assert isinstance(adopted.dimse, GuardedDIMSE)
+        adopted.dimse.receive_dir = spool.tmp
+        adopted.dimse.store = answer
+        adopted.bind(evt.EVT_CONN_CLOSE, discard_partial)
+        return adopted
+
+    return setup
+
+
 def _patient_studies(store: Store, study_uid: str) -> tuple[str, str, str, set[str]] | None:
     """(PatientID, IssuerOfPatientID, StudyDate, the patient's other studies here), or None without a PatientID."""
     me = store.studies.study_info(study_uid)
@@ -115,7 +142,7 @@ def retrieve_priors(query: PriorQuery, index: Store, storage_root: Path, spool: 
     for prior in studies:
         mark_retrieved(storage_root, prior.study_uid)  # before its first instance can arrive
         try:
-            retrieve_study(query, prior, store)
+            retrieve_study(query, prior, store, spool_receiver(spool, store))
         except PriorQueryError as exc:
             unmark_retrieved(storage_root, prior.study_uid)
             log.warning("study %s: prior study %s not retrieved: %s", study_uid, prior.study_uid, exc)

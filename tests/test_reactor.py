@@ -25,7 +25,7 @@ from node.ingest.listener import Listener
 from node.ingest.spool import Spool
 from node.net.assoc import requestor
 from node.net.reactor import EventAssociation
-from node.net.wire import c_store_rsp
+from node.net.wire import c_store_rsp, part10_header
 from node.store import open_store
 from tests.peers import free_port
 
@@ -80,6 +80,22 @@ def _pynetdicom_rsp(status: int, comment: str) -> bytes:
                                                  (0xC000, "odd length comment")])
 def test_store_answer_is_what_pynetdicom_encodes(status: int, comment: str) -> None:
     assert c_store_rsp(7, CTImageStorage, "1.2.3.45", status, comment) == _pynetdicom_rsp(status, comment)
+
+
+@pytest.mark.parametrize("sop_uid", ["1.2.3.45", "1.2.3.4"])  # odd and even lengths: UI padding
+def test_file_meta_is_what_pydicom_writes(sop_uid: str) -> None:
+    import io
+
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+    from pynetdicom.dsutils import create_file_meta
+
+    out = io.BytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, create_file_meta(sop_class_uid=CTImageStorage, sop_instance_uid=sop_uid,
+                                               transfer_syntax=pydicom.uid.ExplicitVRLittleEndian))
+    assert part10_header(CTImageStorage, sop_uid, pydicom.uid.ExplicitVRLittleEndian, PYNETDICOM_IMPLEMENTATION_UID,
+                         PYNETDICOM_IMPLEMENTATION_VERSION) == out.getvalue()
 
 
 def test_listener_answers_c_store_itself(listener, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (
 
 from node.compare.settings import PriorQuery
 from node.net.assoc import on_open, requestor
+from node.net.reactor import AssociationSetup
 from node.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,11 @@ class PriorStudy:
     series: tuple[str, ...]  # PET and CT series to retrieve
 
 
-def _associate(query: PriorQuery, what: str, contexts: tuple[str, ...], **kwargs: Any) -> Any:
+def _associate(query: PriorQuery, what: str, contexts: tuple[str, ...], setup: AssociationSetup | None = None,
+               **kwargs: Any) -> Any:
     """An established association with the PACS (TCP_NODELAY on, large PDUs: a C-GET's instances
     arrive in PDUs up to the maximum announced here), or PriorQueryError naming it."""
-    ae = requestor(query.calling_ae_title, query.timeout_s, tuple((c,) for c in contexts))
+    ae = requestor(query.calling_ae_title, query.timeout_s, tuple((c,) for c in contexts), setup)
     handlers = [(evt.EVT_CONN_OPEN, on_open), *kwargs.pop("evt_handlers", [])]
     assoc = ae.associate(query.host, query.port, ae_title=query.ae_title, evt_handlers=handlers, **kwargs)
     if not assoc.is_established:
@@ -180,9 +182,11 @@ def _final_status(iterator: Iterator[tuple[Dataset, Dataset | None]], what: str)
 StoreInstance = Callable[[Path | bytes], int]
 
 
-def _get(query: PriorQuery, prior: PriorStudy, store: StoreInstance) -> None:
+def _get(query: PriorQuery, prior: PriorStudy, store: StoreInstance, setup: AssociationSetup | None = None) -> None:
     """C-GET: the PACS sends on this association (PS3.4 C.4.3); `store` takes each instance before it is
-    acknowledged, like a pushed one."""
+    acknowledged, like a pushed one. `setup` may give the association a DIMSE provider that receives
+    and answers the C-STOREs itself (the retrieve stage's: into the spool, as the listener does);
+    what it leaves to pynetdicom arrives at `on_store`."""
 
     def on_store(event: evt.Event) -> int:
         try:
@@ -194,7 +198,7 @@ def _get(query: PriorQuery, prior: PriorStudy, store: StoreInstance) -> None:
         return store(Path(path))
 
     def get_one(series_uid: str) -> None:
-        assoc = _associate(query, "C-GET", (StudyRootQueryRetrieveInformationModelGet, *GET_STORAGE_CLASSES),
+        assoc = _associate(query, "C-GET", (StudyRootQueryRetrieveInformationModelGet, *GET_STORAGE_CLASSES), setup,
                            ext_neg=[build_role(c, scp_role=True) for c in GET_STORAGE_CLASSES],
                            evt_handlers=[(evt.EVT_C_STORE, on_store)])
         try:
@@ -206,10 +210,11 @@ def _get(query: PriorQuery, prior: PriorStudy, store: StoreInstance) -> None:
     _each_series(query, prior, get_one)
 
 
-def retrieve_study(query: PriorQuery, prior: PriorStudy, store: StoreInstance) -> None:
+def retrieve_study(query: PriorQuery, prior: PriorStudy, store: StoreInstance,
+                   setup: AssociationSetup | None = None) -> None:
     """Retrieve the prior's PET and CT series by the configured method; PriorQueryError if the PACS
-    did not deliver them all."""
+    did not deliver them all. `setup`: for C-GET associations (see _get)."""
     if query.retrieve == "get":
-        _get(query, prior, store)
+        _get(query, prior, store, setup)
     else:
         _move(query, prior)

@@ -27,17 +27,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydicom.filewriter import write_file_meta_info
-from pynetdicom import evt
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
-from pynetdicom.dsutils import create_file_meta, decode
+from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
 from node.ingest.spool import ReceiveFile
-from node.net.wire import c_store_rsp
+from node.net.wire import c_store_rsp, part10_header
 from node.uids import uid_problem
 
 log = logging.getLogger(__name__)
@@ -92,12 +91,10 @@ def decode_into(message: Any, primitive: Any, assoc: Any, receive_dir: Path) -> 
                     target = ReceiveFile(receive_dir)
                     message._data_set_file = target  # noqa: SLF001 - the attributes pynetdicom reads
                     message._data_set_path = Path(target.name)  # noqa: SLF001
-                    target.write(b"\0" * 128)  # preamble and prefix (PS3.10 7.1)
-                    target.write(b"DICM")
                     syntax = assoc._accepted_cx[context_id].transfer_syntax[0]  # noqa: SLF001
-                    write_file_meta_info(target, create_file_meta(  # type: ignore[arg-type]
-                        sop_class_uid=command.AffectedSOPClassUID, sop_instance_uid=command.AffectedSOPInstanceUID,
-                        transfer_syntax=syntax))
+                    target.write(part10_header(_text(command.AffectedSOPClassUID),
+                                               _text(command.AffectedSOPInstanceUID), syntax,
+                                               PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION))
         else:
             target = message._data_set_file  # noqa: SLF001
             if target is not None:

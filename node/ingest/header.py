@@ -11,6 +11,7 @@ returns None and the caller falls back to dcmread.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 from dataclasses import dataclass
@@ -107,12 +108,12 @@ def _values(meta: dict[int, RawDataElement], found: dict[int, RawDataElement],
         encodings = convert_encodings([t.strip() for t in terms] or None)
         out: dict[str, HeaderValue] = {}
         for tag, elem in found.items():
-            keyword = keyword_for_tag(tag)
+            keyword = _keyword(tag)
             if keywords is None or keyword in keywords:
                 out[keyword] = _decode(tag, elem.VR or dictionary_VR(tag), elem.value, encodings)
         for tag in (0x00020002, 0x00020010):
             if tag in meta:
-                out[keyword_for_tag(tag)] = _decode(tag, "UI", meta[tag].value, encodings)
+                out[_keyword(tag)] = _decode(tag, "UI", meta[tag].value, encodings)
     except (UnicodeDecodeError, ValueError, LookupError, struct.error):
         return None
     return out
@@ -149,11 +150,21 @@ def scan_instance(path: Path, keywords: tuple[str, ...]) -> InstanceScan | None:
     return InstanceScan(values, _shortfall(meta, found, pixels))
 
 
+@functools.lru_cache(maxsize=64)
+def _tags(keywords: tuple[str, ...]) -> frozenset[int]:
+    """The tags of `keywords`, computed once per keyword set (pydicom's keyword lookup was a tenth
+    of a listener process's CPU when done per instance)."""
+    return frozenset(int(Tag(k)) for k in keywords)
+
+
+_keyword = functools.lru_cache(maxsize=1024)(keyword_for_tag)
+
+
 def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement],
                                                            bool, tuple[int, int, int] | None] | None:
     """(file meta, wanted elements, implicit VR?, (Pixel Data value offset, value length, file size)
     when the scan reached a top-level Pixel Data element)."""
-    wanted = {int(Tag(k)) for k in keywords}
+    wanted = _tags(keywords)
     last = max(wanted)
     with open(path, "rb") as fh:
         try:
@@ -189,7 +200,7 @@ def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataEleme
     return meta, found, implicit, pixels
 
 
-def _scan_dataset(buf: mmap.mmap | bytes, pos: int, implicit: bool, wanted: set[int],
+def _scan_dataset(buf: mmap.mmap | bytes, pos: int, implicit: bool, wanted: frozenset[int],
                   last: int) -> tuple[dict[int, RawDataElement], tuple[int, int, int] | None]:
     """The wanted top-level elements of the data set starting at pos, up to the last wanted tag,
     and (offset, length, buffer size) of the top-level Pixel Data when the scan reached it."""
@@ -237,7 +248,7 @@ def _shortfall(meta: dict[int, RawDataElement], found: dict[int, RawDataElement]
     if length == _UNDEFINED or ts.is_compressed:
         return (0, 0)
     try:
-        values = {keyword_for_tag(t): _decode(t, e.VR or dictionary_VR(t), e.value, []) for t, e in found.items()
+        values = {_keyword(t): _decode(t, e.VR or dictionary_VR(t), e.value, []) for t, e in found.items()
                   if t in _PIXEL_TAGS}
     except (UnicodeDecodeError, ValueError, struct.error):
         return None

@@ -6,7 +6,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 
-from node.net.reactor import EventAE
+from node.net.reactor import AssociationSetup, EventAE
 from node.net.sockets import nodelay_of
 
 # pynetdicom's DUL reactor naps 1 ms whenever its queue is empty, which adds up to a millisecond to
@@ -28,11 +28,12 @@ def on_open(event: evt.Event) -> None:
     tune_association(event.assoc)
 
 
-def requestor(calling_ae: str, timeout_s: float, contexts: tuple[tuple[str, ...], ...] = ()) -> AE:
+def requestor(calling_ae: str, timeout_s: float, contexts: tuple[tuple[str, ...], ...] = (),
+              setup: AssociationSetup | None = None) -> AE:
     """An AE for one outgoing association: event-driven reactors (node.net.reactor), large PDUs,
     every timeout at `timeout_s`, and the presentation contexts given as (abstract syntax, transfer
-    syntaxes...) tuples."""
-    ae = EventAE(ae_title=calling_ae)
+    syntaxes...) tuples; `setup`: see EventAE."""
+    ae = EventAE(calling_ae, setup)
     ae.maximum_pdu_size = SCU_MAX_PDU_BYTES
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for abstract, *syntaxes in contexts:

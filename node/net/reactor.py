@@ -269,12 +269,20 @@ class EventAssociation(Association):
                 return
 
 
+AssociationSetup = Callable[[Association], EventAssociation]
+
+
 class EventAE(AE):
-    """An AE whose requested associations are event driven (EventAssociation)."""
+    """An AE whose requested associations are event driven (EventAssociation). `setup` makes each
+    one so, e.g. with a DIMSE provider of the caller's (default: EventAssociation.adopt)."""
+
+    def __init__(self, ae_title: str, setup: AssociationSetup | None = None) -> None:
+        super().__init__(ae_title=ae_title)
+        self._setup: AssociationSetup = setup or EventAssociation.adopt
 
     def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> Any:
         # AE.associate calls this right after building the Association, before anything starts.
-        return super()._create_socket(EventAssociation.adopt(assoc), address, tls_args)
+        return super()._create_socket(self._setup(assoc), address, tls_args)
 
 
 def rejection_of(assoc: Association) -> A_ASSOCIATE | None:
