@@ -114,10 +114,11 @@ def assert_clean(n: NodeProcess) -> None:
 
 # -- the crash matrix --------------------------------------------------------------------------
 
-# (point, what happens there). A count after ':' picks the n-th pass (receive-write: per write of a
-# P-DATA fragment; the 40th lands inside about the fifth instance of the push).
+# (point, what happens there). A count after ':' picks the n-th pass (receive-write: per write into
+# the receive file, the Part 10 header in one and each P-DATA fragment in one; a PET slice of the
+# short series takes two, so the 12th lands inside about the sixth instance of the push).
 INGEST_AND_JOB_POINTS = [
-    ("receive-write:40", "mid-receive: a data set half written to spool/tmp"),
+    ("receive-write:12", "mid-receive: a data set half written to spool/tmp"),
     ("ingest-linked:5", "after fsync and link, before the index commit"),
     ("ingest-indexed:5", "after fsync and index commit, before the acknowledgement"),
     ("job-running", "mid-job (the worker kills serve and must exit by itself)"),
