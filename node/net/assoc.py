@@ -9,8 +9,8 @@ from pynetdicom import AE, evt
 from node.net.reactor import AssociationSetup, EventAE
 from node.net.sockets import nodelay_of
 
-# pynetdicom's DUL reactor naps 1 ms whenever its queue is empty, which adds up to a millisecond to
-# every DIMSE message; 0.1 ms keeps latency low at little idle cost (measured in docs/performance.md).
+# The DUL thread's nap where it cannot sleep in select() (node.net.reactor: while connecting, or with
+# TLS bytes already buffered); pynetdicom's default is 1 ms, which adds up to a millisecond a message.
 REACTOR_DELAY_S = 0.0001
 # Maximum Length Received the node announces as an SCU (PS3.8 D.1, 0 would mean unlimited). Larger
 # P-DATA PDUs mean fewer PDUs, reads and Python calls per instance; peers send at most this much.
