@@ -143,7 +143,7 @@ def test_idle_associations_sleep(listener) -> None:  # type: ignore[no-untyped-d
     def event_ae() -> AE:
         return requestor("IDLETEST", 30, ((Verification,),))
 
-    def polling_ae() -> AE:  # pynetdicom's own reactors on this side, with the node's 0.1 ms nap
+    def polling_ae() -> AE:  # pynetdicom's own reactors on this side (1 ms naps, its default)
         ae = AE(ae_title="IDLETEST")
         ae.add_requested_context(Verification)
         return ae
