@@ -154,3 +154,25 @@ def test_idle_associations_sleep(listener) -> None:  # type: ignore[no-untyped-d
     # polling on one. Wide margins: CPU time, not wall time, so a busy machine does not change it.
     assert event_cpu < 0.3, event_cpu
     assert polling_cpu > 2 * event_cpu, (polling_cpu, event_cpu)
+
+
+def _contexts(server) -> list[tuple[object, ...]]:  # type: ignore[no-untyped-def]
+    return [(cx.context_id, cx.abstract_syntax, tuple(cx.transfer_syntax), cx.scu_role, cx.scp_role, cx.result)
+            for cx in server.contexts]
+
+
+def test_negotiation_leaves_the_servers_contexts_alone(listener) -> None:  # type: ignore[no-untyped-def]
+    """Associations share the listener's supported contexts (no copy per association): negotiating,
+    with and without SCP/SCU role selection, must not change them."""
+    from pynetdicom import build_role
+
+    lst, _ = listener
+    server = lst._server  # noqa: SLF001
+    before = _contexts(server)
+    ae = requestor("ROLES", 30, ((CTImageStorage, "1.2.840.10008.1.2.1"), (Verification,)))
+    for ext_neg in ([], [build_role(CTImageStorage, scu_role=True, scp_role=True)]):
+        assoc = ae.associate("127.0.0.1", lst.port, ae_title=lst.config.node.ae_title, ext_neg=ext_neg)
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    assert _contexts(server) == before
