@@ -1,6 +1,7 @@
 """The association machinery of node.net.reactor and the listener's own C-STORE answer.
 
-- The C-STORE-RSP the DIMSE provider writes itself is byte for byte what pynetdicom would encode.
+- The C-STORE-RSP the DIMSE provider writes itself is byte for byte what pynetdicom would encode,
+  and the C-STORE-RQ fields it reads from the raw command set are what pydicom decodes.
 - Over a real association: success, and a refusal whose status and Error Comment reach the sender,
   both answered without pynetdicom's storage service class.
 - Idle associations sleep: pynetdicom's reactors poll (a 1 ms and a 0.1 ms nap per thread), so
@@ -9,14 +10,19 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE, service_class
-from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom import AE, evt, service_class
+from pynetdicom._handlers import standard_dimse_recv_handler
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import parse_config
@@ -24,8 +30,8 @@ from node.ingest.ingestor import Ingestor
 from node.ingest.listener import Listener
 from node.ingest.spool import Spool
 from node.net.assoc import requestor
-from node.net.reactor import EventAssociation
-from node.net.wire import c_store_rsp, part10_header
+from node.net.reactor import EventAssociation, drop_unlogged_handlers
+from node.net.wire import c_store_rsp, part10_header, store_request
 from node.store import open_store
 from tests.peers import free_port
 
@@ -96,6 +102,47 @@ def test_file_meta_is_what_pydicom_writes(sop_uid: str) -> None:
                                                transfer_syntax=pydicom.uid.ExplicitVRLittleEndian))
     assert part10_header(CTImageStorage, sop_uid, pydicom.uid.ExplicitVRLittleEndian, PYNETDICOM_IMPLEMENTATION_UID,
                          PYNETDICOM_IMPLEMENTATION_VERSION) == out.getvalue()
+
+
+def _pynetdicom_command(primitive: object, message: object) -> bytes:
+    message.primitive_to_message(primitive)  # type: ignore[attr-defined]
+    return b"".join(bytes(pdv[1][1:]) for pdata in message.encode_msg(1, 1 << 20)  # type: ignore[attr-defined]
+                    for pdv in pdata.presentation_data_value_list if pdv[1][0] & 1)
+
+
+@pytest.mark.parametrize("sop_uid", ["1.2.3.45", "1.2.3.4", "1.2.840.113619." + "9" * 49])
+def test_store_request_reads_what_pydicom_reads(sop_uid: str) -> None:
+    rq = C_STORE()
+    rq.MessageID, rq.AffectedSOPClassUID, rq.AffectedSOPInstanceUID, rq.Priority = 513, CTImageStorage, sop_uid, 2
+    rq.MoveOriginatorApplicationEntityTitle, rq.MoveOriginatorMessageID = "ORTHANC", 9
+    rq.DataSet = io.BytesIO(b"\0" * 16)
+    raw = _pynetdicom_command(rq, C_STORE_RQ())
+    ds = decode(io.BytesIO(raw), True, True)
+    assert store_request(raw) == (int(ds.MessageID), str(ds.AffectedSOPClassUID), str(ds.AffectedSOPInstanceUID))
+    assert store_request(raw) == (513, CTImageStorage, sop_uid)
+    assert store_request(raw[:-3]) is None  # cut short
+    assert store_request(raw.replace(sop_uid.encode(), sop_uid[:-1].encode() + b"\xe9")) is None  # not ASCII
+
+
+def test_store_request_ignores_other_messages() -> None:
+    echo = C_ECHO()
+    echo.MessageID, echo.AffectedSOPClassUID = 1, Verification
+    assert store_request(_pynetdicom_command(echo, C_ECHO_RQ())) is None
+
+
+def test_unlogged_pynetdicom_handlers_are_dropped() -> None:
+    """pynetdicom's logging handlers build a dozen lines per message for a logger at WARNING."""
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    try:
+        for logged, expected in ((logging.WARNING, False), (logging.INFO, True)):
+            logger.setLevel(logged)
+            assoc = Association(AE(), "requestor")
+            assert standard_dimse_recv_handler in [h for h, _ in assoc.get_handlers(evt.EVT_DIMSE_RECV)]
+            drop_unlogged_handlers(assoc)
+            assert (standard_dimse_recv_handler in [h for h, _ in assoc.get_handlers(evt.EVT_DIMSE_RECV)]) is expected
+    finally:
+        logger.setLevel(level)
 
 
 def test_listener_answers_c_store_itself(listener, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
@@ -36,7 +37,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
 from node.ingest.spool import ReceiveFile
-from node.net.wire import c_store_rsp, part10_header
+from node.net.wire import c_store_rsp, part10_header, store_request
 from node.uids import uid_problem
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,21 @@ def store_failure(command: Any) -> tuple[int, str]:
     return CANNOT_UNDERSTAND, "the C-STORE-RQ command set cannot be understood"
 
 
+# Attributes this provider sets on a C-STORE-RQ whose Message ID and UIDs it read from the command
+# set's bytes (node.net.wire.store_request): building pydicom's Dataset of the command set and
+# reading its values cost a tenth of a listener process's CPU per instance (py-spy,
+# docs/performance.md), so the Dataset is built only when something needs it (full_command_set).
+_FIELDS, _UNDECODED = "_iodine_store_fields", "_iodine_command_undecoded"
+
+
+def full_command_set(message: Any) -> Dataset:
+    """The message's command set as pydicom's Dataset, decoded now if it was read directly."""
+    if getattr(message, _UNDECODED, False):
+        message.command_set = decode(message.encoded_command_set, True, True)
+        setattr(message, _UNDECODED, False)
+    return message.command_set
+
+
 def decode_into(message: Any, primitive: Any, assoc: Any, receive_dir: Path) -> bool:
     """pynetdicom's DIMSEMessage.decode_msg with the C-STORE data set streamed into a ReceiveFile
     in `receive_dir`; True once the message is complete. Message control header (PS3.8 E.2):
@@ -82,19 +98,27 @@ def decode_into(message: Any, primitive: Any, assoc: Any, receive_dir: Path) -> 
             message.encoded_command_set.write(data[1:])
             if control & 2:
                 message.context_id = context_id
-                command = decode(message.encoded_command_set, True, True)  # always implicit VR LE (PS3.7 6.3.1)
-                message.command_set = command
-                message.__class__ = _MESSAGE_TYPES[int(command.CommandField)][1]
-                if command.CommandDataSetType == 0x0101:  # no data set (PS3.7 E.1)
-                    return True
+                fields = store_request(message.encoded_command_set.getvalue())
+                if fields is not None:  # a C-STORE-RQ: pydicom decodes its command set only if needed
+                    message.__class__ = C_STORE_RQ
+                    setattr(message, _FIELDS, fields)
+                    setattr(message, _UNDECODED, True)
+                    sop_class, sop_uid = fields[1], fields[2]
+                else:
+                    command = decode(message.encoded_command_set, True, True)  # always implicit VR LE (PS3.7 6.3.1)
+                    message.command_set = command
+                    message.__class__ = _MESSAGE_TYPES[int(command.CommandField)][1]
+                    if command.CommandDataSetType == 0x0101:  # no data set (PS3.7 E.1)
+                        return True
+                    sop_class = _text(command.get("AffectedSOPClassUID"))
+                    sop_uid = _text(command.get("AffectedSOPInstanceUID"))
                 if isinstance(message, C_STORE_RQ):
                     target = ReceiveFile(receive_dir)
                     message._data_set_file = target  # noqa: SLF001 - the attributes pynetdicom reads
                     message._data_set_path = Path(target.name)  # noqa: SLF001
                     syntax = assoc._accepted_cx[context_id].transfer_syntax[0]  # noqa: SLF001
-                    target.write(part10_header(_text(command.AffectedSOPClassUID),
-                                               _text(command.AffectedSOPInstanceUID), syntax,
-                                               PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION))
+                    target.write(part10_header(sop_class, sop_uid, syntax, PYNETDICOM_IMPLEMENTATION_UID,
+                                               PYNETDICOM_IMPLEMENTATION_VERSION))
         else:
             target = message._data_set_file  # noqa: SLF001
             if target is not None:
@@ -132,15 +156,19 @@ class GuardedDIMSE(DIMSEServiceProvider):
                         self.assoc.requestor.address, type(exc).__name__, _one_line(exc))
             self.dul.event_queue.put("Evt19")
             return
-        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
-        context_id = int(self.message.context_id or 0)
         message = self.message
+        if self.assoc.get_handlers(evt.EVT_DIMSE_RECV):  # pynetdicom's logging at INFO reads the command set
+            with contextlib.suppress(Exception):  # undecodable: pynetdicom's path below answers or aborts
+                full_command_set(message)
+            evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
+        context_id = int(message.context_id or 0)
         request = self._plain_store(message, context_id)
         if request is not None:
             self._reset()
             self._store_now(message, context_id, *request)
             return
         try:
+            full_command_set(message)  # pynetdicom's path reads the Dataset
             d_primitive = message.message_to_primitive()
         except Exception as exc:  # noqa: BLE001 - pynetdicom raises ValueError/TypeError/KeyError here
             self._reset()
@@ -170,12 +198,16 @@ class GuardedDIMSE(DIMSEServiceProvider):
             return None
         if 0 < (self.maximum_pdu_size or 0) < _MIN_PEER_PDU:
             return None
-        try:
-            command = message.command_set
-            msg_id, sop_class = int(command.MessageID), _text(command.AffectedSOPClassUID)
-            sop_uid = _text(command.AffectedSOPInstanceUID)
-        except Exception:  # noqa: BLE001 - pynetdicom's path answers or aborts with the reason
-            return None
+        fields = getattr(message, _FIELDS, None)
+        if fields is not None:
+            msg_id, sop_class, sop_uid = fields
+        else:
+            try:
+                command = message.command_set
+                msg_id, sop_class = int(command.MessageID), _text(command.AffectedSOPClassUID)
+                sop_uid = _text(command.AffectedSOPInstanceUID)
+            except Exception:  # noqa: BLE001 - pynetdicom's path answers or aborts with the reason
+                return None
         if uid_problem(sop_class) or uid_problem(sop_uid) or not 0 <= msg_id <= 0xFFFF:
             return None
         return msg_id, sop_class, sop_uid

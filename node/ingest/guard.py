@@ -39,7 +39,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.ingest.dimse_guard import GuardedDIMSE, StoreHandler
 from node.ingest.guard_log import Refusals, compact_library_logs, quiet
-from node.net.reactor import EventAssociation
+from node.net.reactor import EventAssociation, drop_unlogged_handlers
 from node.net.sockets import set_nodelay, set_reuseport
 from node.net.wire import (
     A_ASSOCIATE_RQ,
@@ -257,6 +257,7 @@ class GuardedHandler(RequestHandler):
             elif isinstance(event, evt.NotificationEvent):
                 for handler, args in bound:  # type: ignore[misc]
                     assoc.bind(event, handler, args)
+        drop_unlogged_handlers(assoc)  # the server's copies of pynetdicom's logging handlers
         return assoc
 
 
@@ -346,10 +347,10 @@ class GuardedSocket(AssociationSocket):
             (item_length,) = struct.unpack_from(">L", body, pos)
             if item_length < 2 or pos + 4 + item_length > len(body):
                 return None  # malformed: pynetdicom's decoder refuses it
-            control, fragment = body[pos + 5], body[pos + 6:pos + 4 + item_length]
+            control, start = body[pos + 5], pos + 6
             pos += 4 + item_length
             if control & 0x01:  # command fragment
-                self._command += fragment
+                self._command += body[start:pos]
                 if len(self._command) > g.max_rq_bytes:
                     return ("message-too-large", f"DIMSE command set longer than {g.max_rq_bytes} bytes",
                             ABORT_INVALID_PARAMETER)
@@ -359,7 +360,7 @@ class GuardedSocket(AssociationSocket):
                     self._dataset_bytes = 0
                     self._dataset_cap = g.max_dataset_bytes if field_value == C_STORE_RQ else g.max_rq_bytes
             else:
-                self._dataset_bytes += len(fragment)
+                self._dataset_bytes += pos - start  # counted, not copied (up to a PDU's size)
                 if self._dataset_bytes > self._dataset_cap:
                     what = "C-STORE data set" if self._dataset_cap == g.max_dataset_bytes else \
                         "data set of a message other than C-STORE"

@@ -16,10 +16,10 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
@@ -32,10 +32,19 @@ _UNDEFINED = 0xFFFFFFFF
 _U16 = struct.Struct("<HH")
 _U32 = struct.Struct("<I")
 _U16L = struct.Struct("<H")
+_EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length (PS3.5 7.1.2)
+_IMPLICIT = struct.Struct("<HHL")  # group, element, 4-byte length (PS3.5 7.1.3)
 _TEXT_VRS = {"SH", "LO", "PN", "LT", "ST", "UT", "UC"}  # may use the Specific Character Set
 _PN_DELIMITERS = {0x5C, 0x3D, 0x5E}  # backslash, '=', '^' (PS3.5 6.1.2.5.3)
 _TEXT_DELIMITERS = {0x5C}
 _DEFLATED_PREFIX = 8 << 20  # bytes of a deflated data set inflated to find the header attributes
+
+
+class RawValue(NamedTuple):
+    """One element as found: its VR (None in implicit VR) and its undecoded value."""
+
+    VR: str | None
+    value: bytes
 
 
 class _Malformed(Exception):
@@ -98,7 +107,7 @@ def _decode(tag: int, vr: str, raw: bytes, encodings: list[str]) -> HeaderValue:
     return text
 
 
-def _values(meta: dict[int, RawDataElement], found: dict[int, RawDataElement],
+def _values(meta: dict[int, RawValue], found: dict[int, RawValue],
             keywords: tuple[str, ...] | None = None) -> dict[str, HeaderValue] | None:
     """Decoded values of the found elements (only `keywords` when given) and of the file meta's
     MediaStorageSOPClassUID and TransferSyntaxUID; None when one does not decode."""
@@ -160,7 +169,13 @@ def _tags(keywords: tuple[str, ...]) -> frozenset[int]:
 _keyword = functools.lru_cache(maxsize=1024)(keyword_for_tag)
 
 
-def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement],
+@functools.lru_cache(maxsize=64)
+def _syntax(raw: bytes) -> UID:
+    """The Transfer Syntax UID of a file meta value (a handful of distinct values, each built once)."""
+    return UID(raw.decode("ascii").strip("\0 "))
+
+
+def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawValue], dict[int, RawValue],
                                                            bool, tuple[int, int, int] | None] | None:
     """(file meta, wanted elements, implicit VR?, (Pixel Data value offset, value length, file size)
     when the scan reached a top-level Pixel Data element)."""
@@ -174,15 +189,14 @@ def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataEleme
     try:
         if len(buf) < 132 or buf[128:132] != b"DICM":
             return None
-        meta: dict[int, RawDataElement] = {}
+        meta: dict[int, RawValue] = {}
         pos = 132
         while pos + 8 <= len(buf) and _U16L.unpack_from(buf, pos)[0] == 0x0002:
             tag, vr, length, value = _element(buf, pos, False)
-            meta[tag] = RawDataElement(Tag(tag), vr.decode() if vr else None, length, bytes(buf[value:value + length]),
-                                       value, False, True)
+            meta[tag] = RawValue(vr.decode() if vr else None, bytes(buf[value:value + length]))
             pos = value + length
         ts_raw = meta.get(0x00020010)
-        ts = UID(ts_raw.value.decode("ascii").strip("\0 ")) if ts_raw else UID("")
+        ts = _syntax(ts_raw.value) if ts_raw else UID("")
         if not ts or ts == ExplicitVRBigEndian:
             return None
         implicit = ts == ImplicitVRLittleEndian
@@ -201,27 +215,41 @@ def _scan(path: Path, keywords: tuple[str, ...]) -> tuple[dict[int, RawDataEleme
 
 
 def _scan_dataset(buf: mmap.mmap | bytes, pos: int, implicit: bool, wanted: frozenset[int],
-                  last: int) -> tuple[dict[int, RawDataElement], tuple[int, int, int] | None]:
+                  last: int) -> tuple[dict[int, RawValue], tuple[int, int, int] | None]:
     """The wanted top-level elements of the data set starting at pos, up to the last wanted tag,
-    and (offset, length, buffer size) of the top-level Pixel Data when the scan reached it."""
-    found: dict[int, RawDataElement] = {}
-    while pos < len(buf):
-        tag, vr, length, value = _element(buf, pos, implicit)  # raises when cut short
+    and (offset, length, buffer size) of the top-level Pixel Data when the scan reached it.
+    `_element` inlined: this loop runs for every element of every received header."""
+    found: dict[int, RawValue] = {}
+    size = len(buf)
+    while pos < size:
+        if pos + 8 > size:
+            raise _Malformed("element header past the end")
+        if implicit:
+            group, elem, length = _IMPLICIT.unpack_from(buf, pos)
+            vr, value = None, pos + 8
+        else:
+            group, elem, vr, length = _EXPLICIT.unpack_from(buf, pos)
+            value = pos + 8
+            if group == 0xFFFE:  # items and delimiters have no VR (PS3.5 7.5)
+                vr, length = None, _U32.unpack_from(buf, pos + 4)[0]
+            elif vr in _LONG_VRS:
+                if pos + 12 > size:
+                    raise _Malformed("element header past the end")
+                length, value = _U32.unpack_from(buf, pos + 8)[0], pos + 12
+        tag = (group << 16) | elem
         if tag == _PIXEL_DATA:
-            return found, (value, length, len(buf))
+            return found, (value, length, size)
         if tag > last:
             break
         if length == _UNDEFINED:
             pos = _skip_undefined(buf, value, implicit)
             continue
-        if value + length > len(buf):
+        if value + length > size:
             raise _Malformed("value past the end")
         if tag in wanted:
-            found[tag] = RawDataElement(Tag(tag), vr.decode() if vr else None, length,
-                                        bytes(buf[value:value + length]), value, implicit, True)
+            found[tag] = RawValue(vr.decode() if vr else None, bytes(buf[value:value + length]))
         pos = value + length
     return found, None
-
 
 
 _PIXEL_KEYWORDS = ("SamplesPerPixel", "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "PixelData")
@@ -239,12 +267,12 @@ def pixel_data_shortfall(path: Path) -> tuple[int, int] | None:
     return _shortfall(meta, found, pixels)
 
 
-def _shortfall(meta: dict[int, RawDataElement], found: dict[int, RawDataElement],
+def _shortfall(meta: dict[int, RawValue], found: dict[int, RawValue],
                pixels: tuple[int, int, int] | None) -> tuple[int, int] | None:
     if pixels is None:
         return (0, 0)
     offset, length, size = pixels
-    ts = UID(meta[0x00020010].value.decode("ascii").strip("\0 "))
+    ts = _syntax(meta[0x00020010].value)
     if length == _UNDEFINED or ts.is_compressed:
         return (0, 0)
     try:

@@ -309,7 +309,8 @@ class Ingestor:
                                                 f"Affected SOP Instance UID {affected_sop_uid}")
         final = self.spool.instance_path(probe.study_uid, probe.series_uid, probe.sop_instance_uid)
         record = replace(probe, path=str(final.relative_to(self.spool.root)))
-        if self.store.studies.study_state(record.study_uid) == StudyState.DELETING:
+        state = self.store.studies.study_state(record.study_uid)
+        if state == StudyState.DELETING:
             raise IngestError(OUT_OF_RESOURCES, f"study {record.study_uid} is being deleted by retention; retry later")
         duplicate = self._duplicate(temp, record)
         if duplicate is not None:
@@ -323,7 +324,7 @@ class Ingestor:
         crash_point("ingest-linked")
         # Index even when the file was already there: a crash between the link and the index
         # commit leaves an unindexed file that the sender's retry (or start-up reconciliation) completes.
-        new_study = not self.store.studies.has_study(record.study_uid)
+        new_study = state is None  # for the log line only: a race may say it twice
         try:
             indexed = self.store.studies.add_instance(record, source=source, calling_ae=calling_ae)
         except BaseException as exc:

@@ -23,26 +23,53 @@ naps replaced; pynetdicom's source carries the same wish ("TODO: try and make th
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import LOGGER, Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 
 # Longest sleep of either thread without a wake-up: bounds how late a timer (ARTIM, network idle
 # timeout, both in seconds) is noticed. Everything else wakes the thread that must act. Each
 # timed wake costs ~0.1 ms of CPU here: 20 a second per thread keeps an idle association cheap.
 IDLE_WAIT_S = 0.05
+
+
+# pynetdicom binds these to every association (its _config.LOG_HANDLER_LEVEL "standard"): for each
+# PDU and DIMSE message they decode the command set and format a dozen lines for its "pynetdicom"
+# logger at INFO and DEBUG. The node keeps that logger at WARNING (node.logs), so the lines are
+# dropped after being built: ~4 % of a listener process's CPU per C-STORE (py-spy, docs/performance.md).
+_STANDARD_LOG_HANDLERS = ((evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+                          (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+                          (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+                          (evt.EVT_PDU_SENT, standard_pdu_sent_handler))
+
+
+def drop_unlogged_handlers(assoc: Association) -> None:
+    """Unbind pynetdicom's logging handlers from `assoc` when its logger would discard their lines
+    (INFO is not enabled); with pynetdicom's logger at INFO or DEBUG they stay."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return
+    for event, handler in _STANDARD_LOG_HANDLERS:
+        assoc.unbind(event, handler)
 
 
 class WakingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -72,6 +99,30 @@ class _CheckpointEvent(threading.Event):
     def set(self) -> None:  # kill() and abort() set it too: the reactor then sees `_kill` at once
         super().set()
         self._wake_reactor.set()
+
+
+_PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length (PS3.8 9.3.1)
+_ITEM_LENGTH = struct.Struct(">L")
+_P_DATA_TF = 0x04
+_PDU_TYPES = range(0x01, 0x08)
+
+
+def p_data_values(body: bytes | bytearray) -> list[tuple[int, memoryview]] | None:
+    """The PDV items of a P-DATA-TF PDU body (PS3.8 9.3.5.1: 4-byte item length, presentation
+    context ID, then the PDV: message control header and fragment) as (context ID, PDV) with each
+    PDV a view into `body` (no copy); None when an item is malformed (pynetdicom's decoder then
+    rejects the PDU, Evt19)."""
+    items: list[tuple[int, memoryview]] = []
+    view, pos, end = memoryview(body), 0, len(body)
+    while pos < end:
+        if pos + 6 > end:
+            return None
+        (length,) = _ITEM_LENGTH.unpack_from(body, pos)
+        if length < 2 or pos + 4 + length > end:
+            return None
+        items.append((body[pos + 4], view[pos + 5:pos + 4 + length]))
+        pos += 4 + length
+    return items or None
 
 
 class _Waker:
@@ -121,6 +172,75 @@ class EventDUL(DULServiceProvider):
             self._kill_thread = True
             self._waker.wake()
         return super().stop_dul()
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's DULServiceProvider._read_pdu_data, with one short cut: a P-DATA-TF PDU that
+        arrives in Sta6 (association established) while no other event waits goes straight to the
+        DIMSE provider as a P-DATA indication, which is all the state machine would do with it
+        (Evt10 in Sta6 is action DT-2, PS3.8 9.2 Table 9-10: issue P-DATA indication, stay in Sta6).
+        pynetdicom's way (decode into PDU and item objects, queue the PDU and Evt10, look the action
+        up, build the primitive) was a sixth of a listener process's CPU per C-STORE (py-spy,
+        docs/performance.md). Everything else, and every PDU when something listens for PDU or
+        state machine events (pynetdicom's logging at INFO), takes pynetdicom's path unchanged."""
+        sock = self.socket
+        assert sock is not None
+        try:
+            header = sock.recv(6)
+        except (OSError, TimeoutError) as exc:
+            LOGGER.error("Connection closed before the entire PDU was received")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+        except struct.error:
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type not in _PDU_TYPES:
+            LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = sock.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            LOGGER.error("Connection closed before the entire PDU was received")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            LOGGER.error(f"The received PDU is shorter than expected ({6 + len(body)} of {6 + pdu_length} bytes "
+                         "received)")
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == _P_DATA_TF and self._p_data_direct():
+            values = p_data_values(body)
+            if values is not None:
+                primitive = P_DATA()
+                # As pynetdicom's P_DATA_TF.to_primitive fills it (appending, past the setter that
+                # wants lists of bytes): the DIMSE providers only index and slice each PDV.
+                primitive._presentation_data_value_list = values  # type: ignore[assignment]  # noqa: SLF001
+                try:
+                    self.assoc.dimse.receive_primitive(primitive)
+                except Exception as exc:  # noqa: BLE001 - as pynetdicom's state machine does with a failed action
+                    LOGGER.error("State Machine received an exception attempting to perform the action 'DT-2' "
+                                 "while in state 'Sta6'")
+                    LOGGER.exception(exc)
+                    self.kill_dul()
+                return
+        try:
+            pdu, event = self._decode_pdu(bytearray(header) + body)
+            self.event_queue.put(event)
+        except Exception as exc:  # noqa: BLE001 - pynetdicom's READ_PDU_EXC_F
+            LOGGER.error("Unable to decode the received PDU data")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self._recv_pdu.put(pdu)
+
+    def _p_data_direct(self) -> bool:
+        assoc = self.assoc
+        return (self.state_machine.current_state == "Sta6" and self.event_queue.empty()
+                and not assoc.get_handlers(evt.EVT_PDU_RECV) and not assoc.get_handlers(evt.EVT_FSM_TRANSITION))
 
     def _wait_for_work(self) -> None:
         """Block until the socket is readable, something is queued for this thread, or IDLE_WAIT_S."""
@@ -211,6 +331,7 @@ class EventAssociation(Association):
         self.dimse.msg_queue = WakingQueue(self._wake.set)
         self._reactor_checkpoint = _CheckpointEvent(self._wake)
         self._reactor_checkpoint.set()
+        drop_unlogged_handlers(self)
         # Association.__init__ set the timeouts through properties that also arm the DUL's timers.
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout

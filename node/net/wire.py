@@ -51,6 +51,43 @@ def command_field(command: bytes) -> int | None:
     return None
 
 
+# -- C-STORE-RQ command set (PS3.7 9.3.1.1 Table 9.3-1), implicit VR little endian (PS3.7 6.3.1) --
+
+_AFFECTED_SOP_CLASS, _MESSAGE_ID = 0x00000002, 0x00000110
+_DATA_SET_TYPE, _AFFECTED_SOP_INSTANCE = 0x00000800, 0x00001000
+_ELEMENT_HEADER = struct.Struct("<HHL")
+_US = struct.Struct("<H")
+
+
+def store_request(command: bytes) -> tuple[int, str, str] | None:
+    """(Message ID, Affected SOP Class UID, Affected SOP Instance UID) of a C-STORE-RQ command set
+    announcing a data set, read straight from its bytes; None for any other message and for
+    anything unusual (a value that is not ASCII, a short element, a missing field), which then goes
+    through pydicom and pynetdicom's validation as before. The UIDs are returned as sent, without
+    their NUL/space padding (PS3.5 6.2); the caller still validates them."""
+    values: dict[int, bytes] = {}
+    pos, end = 0, len(command)
+    while pos + 8 <= end:
+        group, element, length = _ELEMENT_HEADER.unpack_from(command, pos)
+        pos += 8
+        if group != 0x0000 or pos + length > end:
+            return None
+        values[element] = command[pos:pos + length]
+        pos += length
+    if pos != end:
+        return None
+    field, msg_id, data_set = values.get(_COMMAND_FIELD), values.get(_MESSAGE_ID), values.get(_DATA_SET_TYPE)
+    if (field is None or len(field) != 2 or _US.unpack(field)[0] != C_STORE_RQ or msg_id is None or len(msg_id) != 2
+            or data_set is None or len(data_set) != 2 or _US.unpack(data_set)[0] == _NO_DATA_SET):
+        return None
+    try:
+        sop_class = values[_AFFECTED_SOP_CLASS].decode("ascii").rstrip("\0 ")
+        sop_uid = values[_AFFECTED_SOP_INSTANCE].decode("ascii").rstrip("\0 ")
+    except (KeyError, UnicodeDecodeError):
+        return None
+    return _US.unpack(msg_id)[0], sop_class, sop_uid
+
+
 def abort_and_shutdown(sock: socket.socket, abort: int | None) -> None:
     """Send an A-ABORT (when a reason is given) with a short deadline, then end both directions:
     a peer that stopped reading must not hold the thread that refuses it."""
