@@ -253,10 +253,11 @@ class EventDUL(DULServiceProvider):
             time.sleep(self._run_loop_delay)  # connecting, closed, or TLS bytes already buffered
             return
         try:
-            select.select([sock, self._waker.r], [], [], IDLE_WAIT_S)
+            readable, _, _ = select.select([sock, self._waker.r], [], [], IDLE_WAIT_S)
         except (OSError, ValueError):  # closed meanwhile: the loop's own check reports it (Evt17)
             return
-        self._waker.drain()
+        if self._waker.r in readable:  # only then: an empty non-blocking recv raises, per PDU
+            self._waker.drain()
 
     def run_reactor(self) -> None:
         """pynetdicom's DULServiceProvider.run_reactor with the idle nap replaced by _wait_for_work."""
