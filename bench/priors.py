@@ -2,7 +2,7 @@
 (through its ingest) against dcmtk's movescu -> storescp and getscu, same Orthanc, same study.
 
 Prints seconds for each and the ratio node / dcmtk. Usage: python -m bench.priors [--size wholebody]
-[--associations 2] (series the node retrieves at once, each on its own association; dcmtk's tools
+[--associations 2] [--runs 3] (series the node retrieves at once, each on its own association; dcmtk's tools
 retrieve the study over one).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,18 +36,29 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="wholebody", choices=("small", "wholebody"))
     parser.add_argument("--associations", type=int, default=2, help="series retrieved at once (priors.query)")
+    parser.add_argument("--runs", type=int, default=1, help="runs, each node then dcmtk; medians reported")
     args = parser.parse_args()
     study = phantom(args.size)
     uid = study.truth["study_instance_uid"]
     n_files = len(study.files)
     with tempfile.TemporaryDirectory(prefix="bench-priors-") as tmp:
         work = Path(tmp)
-        # The node only stores here: a long stable window keeps its own job out of the timing.
-        node = NodeProcess(work / "node", {"ingest": {"stable_after_s": 3600, "force_after_s": 7200}})
+        # The node only stores here: a long stable window keeps its own job out of the timing. Each
+        # run has a node of its own (empty), registered with Orthanc under the same name.
+        nodes = [NodeProcess(work / f"node-{i}", {"ingest": {"stable_after_s": 3600, "force_after_s": 7200}})
+                 for i in range(args.runs)]
+        node = nodes[0]
         ref_port = free_port()
         orthanc = Orthanc(work / "orthanc", modalities={"node": [node.ae_title, "127.0.0.1", node.port],
                                                         "bench": ["BENCH", "127.0.0.1", 1],
@@ -64,49 +76,65 @@ def main() -> int:
             priors = find_prior_studies(query, study.truth["patient"]["id"], "", reference, 90, set())
             find_s = time.perf_counter() - t0
             assert [p.study_uid for p in priors] == [uid], priors
-            t0 = time.perf_counter()
-            _move(query, priors[0])
-            move_s = time.perf_counter() - t0
-            assert node.instance_count(uid) == n_files, node.instance_count(uid)
-            assert node.proc is not None
-            node_rss = rss_peak_mb(node.proc.pid)
-
-            get_root = work / "get-store"
-            t0 = time.perf_counter()
-            get_root.mkdir()
-            get_index = open_store(get_root)
-            get_spool = Spool(get_root)
-            get_store = ingest_store(get_spool, Ingestor(get_spool, get_index, 2**40), orthanc.aet)
-            _get(PriorQuery(orthanc.aet, "127.0.0.1", orthanc.dicom_port, "BENCH", "get", "", 300.0,
-                            associations=args.associations), priors[0], get_store, spool_receiver(get_spool, get_store))
-            get_index.close()
-            get_s = time.perf_counter() - t0
-            get_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            got = len(list((get_root / "studies").rglob("*.dcm")))
-            assert got == n_files, got
-
             out = work / "storescp"
             out.mkdir()
             storescp = subprocess.Popen(["storescp", "-aet", "REF", "-od", str(out), str(ref_port)], env=PEER_ENV,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
-            ref_move_s = run(["movescu", "-S", "-aet", "BENCH", "-aec", orthanc.aet, "-aem", "REF",
-                              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}", "127.0.0.1",
-                              str(orthanc.dicom_port)])
-            wait_for(lambda: len(list(out.iterdir())) == n_files, 60, "storescp to hold the study")
-            ref_get_dir = work / "getscu"
-            ref_get_dir.mkdir()
-            ref_get_s = run(["getscu", "-S", "-aet", "BENCH", "-aec", orthanc.aet, "-od", str(ref_get_dir),
-                             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}", "127.0.0.1",
-                             str(orthanc.dicom_port)])
+            wait_for(lambda: _listening(ref_port), 30, "storescp to listen")
+            times: dict[str, list[float]] = {"move": [], "ref_move": [], "get": [], "ref_get": []}
+            node_rss = 0.0
+            for run_no in range(1, args.runs + 1):
+                if run_no > 1:
+                    node.stop()
+                    node = nodes[run_no - 1]
+                    orthanc.put("/modalities/node", {"AET": node.ae_title, "Host": "127.0.0.1", "Port": node.port})
+                    node.start()
+                t0 = time.perf_counter()
+                _move(query, priors[0])
+                times["move"].append(time.perf_counter() - t0)
+                assert node.instance_count(uid) == n_files, node.instance_count(uid)
+
+                get_root = work / f"get-store-{run_no}"
+                t0 = time.perf_counter()
+                get_root.mkdir()
+                get_index = open_store(get_root)
+                get_spool = Spool(get_root)
+                get_store = ingest_store(get_spool, Ingestor(get_spool, get_index, 2**40), orthanc.aet)
+                _get(PriorQuery(orthanc.aet, "127.0.0.1", orthanc.dicom_port, "BENCH", "get", "", 300.0,
+                                associations=args.associations), priors[0], get_store,
+                     spool_receiver(get_spool, get_store))
+                get_index.close()
+                times["get"].append(time.perf_counter() - t0)
+                got = len(list((get_root / "studies").rglob("*.dcm")))
+                assert got == n_files, got
+
+                for f in out.iterdir():
+                    f.unlink()
+                times["ref_move"].append(run(["movescu", "-S", "-aet", "BENCH", "-aec", orthanc.aet, "-aem", "REF",
+                                              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
+                                              "127.0.0.1", str(orthanc.dicom_port)]))
+                wait_for(lambda: len(list(out.iterdir())) == n_files, 60, "storescp to hold the study")
+                ref_get_dir = work / f"getscu-{run_no}"
+                ref_get_dir.mkdir()
+                times["ref_get"].append(run(["getscu", "-S", "-aet", "BENCH", "-aec", orthanc.aet, "-od",
+                                             str(ref_get_dir), "-k", "QueryRetrieveLevel=STUDY", "-k",
+                                             f"StudyInstanceUID={uid}", "127.0.0.1", str(orthanc.dicom_port)]))
+                print(f"run {run_no}: C-MOVE node {times['move'][-1]:.2f} s, movescu -> storescp "
+                      f"{times['ref_move'][-1]:.2f} s; C-GET node {times['get'][-1]:.2f} s, getscu "
+                      f"{times['ref_get'][-1]:.2f} s", flush=True)
+                assert node.proc is not None
+                node_rss = max(node_rss, rss_peak_mb(node.proc.pid))
+            get_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         finally:
             if storescp is not None:
                 storescp.terminate()
             node.stop()
             orthanc.stop()
     mb = sum(p.stat().st_size for p in study.files) / 1e6
+    move_s, ref_move_s = statistics.median(times["move"]), statistics.median(times["ref_move"])
+    get_s, ref_get_s = statistics.median(times["get"]), statistics.median(times["ref_get"])
     print(f"{args.size} study: {n_files} instances, {mb:.0f} MB, from Orthanc; the node retrieves "
-          f"{args.associations} series at once")
+          f"{args.associations} series at once; medians of {args.runs} run(s)")
     print(f"  C-FIND study + series   node {find_s:6.2f} s")
     print(f"  C-MOVE into the node    node {move_s:6.2f} s ({n_files / move_s:4.0f}/s)   movescu -> storescp "
           f"{ref_move_s:6.2f} s ({n_files / ref_move_s:4.0f}/s)   ratio {move_s / ref_move_s:.2f}   "

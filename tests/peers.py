@@ -315,6 +315,13 @@ class Orthanc:
             raw = r.read()
         return json.loads(raw) if raw else None
 
+    def put(self, path: str, body: dict[str, Any]) -> None:
+        """REST PUT of a JSON body (e.g. /modalities/NAME: add or change a DICOM modality)."""
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="PUT",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            r.read()
+
 
 class StoreSCP:
     """dcmtk storescp as a result receiver that keeps every copy it receives (+uf: unique file
