@@ -30,7 +30,8 @@ from node.ingest.ingestor import Ingestor
 from node.ingest.listener import Listener
 from node.ingest.spool import Spool
 from node.net.assoc import requestor
-from node.net.reactor import EventAssociation, drop_unlogged_handlers
+from node.net.handlers import drop_unlogged_handlers
+from node.net.reactor import EventAssociation
 from node.net.wire import c_store_rsp, part10_header, store_request
 from node.store import open_store
 from tests.peers import free_port

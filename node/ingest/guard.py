@@ -39,7 +39,8 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node.ingest.dimse_guard import GuardedDIMSE, StoreHandler
 from node.ingest.guard_log import Refusals, compact_library_logs, quiet
-from node.net.reactor import EventAssociation, drop_unlogged_handlers
+from node.net.handlers import drop_unlogged_handlers
+from node.net.reactor import EventAssociation
 from node.net.sockets import set_nodelay, set_reuseport
 from node.net.wire import (
     A_ASSOCIATE_RQ,

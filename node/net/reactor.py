@@ -18,12 +18,12 @@ Both still wake at least every IDLE_WAIT_S to check timers (ARTIM, network idle 
 whether the other thread died, so nothing depends on a wake-up being delivered. The loops are
 pynetdicom 3.0's own (`DULServiceProvider.run_reactor`, `Association._run_reactor`) with only the
 naps replaced; pynetdicom's source carries the same wish ("TODO: try and make this event based").
+Its PDU reader (`_read_pdu_data`) is pynetdicom's too, with one short cut for P-DATA-TF in Sta6.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import select
 import socket
@@ -35,41 +35,20 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
 from pynetdicom.association import LOGGER, Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 
+from node.net.handlers import drop_unlogged_handlers
+from node.net.wire import KNOWN_PDU_TYPES, PDU_HEADER, p_data_values
+from node.net.wire import P_DATA as P_DATA_TF
+
 # Longest sleep of either thread without a wake-up: bounds how late a timer (ARTIM, network idle
 # timeout, both in seconds) is noticed. Everything else wakes the thread that must act. Each
 # timed wake costs ~0.1 ms of CPU here: 20 a second per thread keeps an idle association cheap.
 IDLE_WAIT_S = 0.05
-
-
-# pynetdicom binds these to every association (its _config.LOG_HANDLER_LEVEL "standard"): for each
-# PDU and DIMSE message they decode the command set and format a dozen lines for its "pynetdicom"
-# logger at INFO and DEBUG. The node keeps that logger at WARNING (node.logs), so the lines are
-# dropped after being built: ~4 % of a listener process's CPU per C-STORE (py-spy, docs/performance.md).
-_STANDARD_LOG_HANDLERS = ((evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-                          (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-                          (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
-                          (evt.EVT_PDU_SENT, standard_pdu_sent_handler))
-
-
-def drop_unlogged_handlers(assoc: Association) -> None:
-    """Unbind pynetdicom's logging handlers from `assoc` when its logger would discard their lines
-    (INFO is not enabled); with pynetdicom's logger at INFO or DEBUG they stay."""
-    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
-        return
-    for event, handler in _STANDARD_LOG_HANDLERS:
-        assoc.unbind(event, handler)
 
 
 class WakingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -99,30 +78,6 @@ class _CheckpointEvent(threading.Event):
     def set(self) -> None:  # kill() and abort() set it too: the reactor then sees `_kill` at once
         super().set()
         self._wake_reactor.set()
-
-
-_PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length (PS3.8 9.3.1)
-_ITEM_LENGTH = struct.Struct(">L")
-_P_DATA_TF = 0x04
-_PDU_TYPES = range(0x01, 0x08)
-
-
-def p_data_values(body: bytes | bytearray) -> list[tuple[int, memoryview]] | None:
-    """The PDV items of a P-DATA-TF PDU body (PS3.8 9.3.5.1: 4-byte item length, presentation
-    context ID, then the PDV: message control header and fragment) as (context ID, PDV) with each
-    PDV a view into `body` (no copy); None when an item is malformed (pynetdicom's decoder then
-    rejects the PDU, Evt19)."""
-    items: list[tuple[int, memoryview]] = []
-    view, pos, end = memoryview(body), 0, len(body)
-    while pos < end:
-        if pos + 6 > end:
-            return None
-        (length,) = _ITEM_LENGTH.unpack_from(body, pos)
-        if length < 2 or pos + 4 + length > end:
-            return None
-        items.append((body[pos + 4], view[pos + 5:pos + 4 + length]))
-        pos += 4 + length
-    return items or None
 
 
 class _Waker:
@@ -192,11 +147,11 @@ class EventDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         try:
-            pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+            pdu_type, _, pdu_length = PDU_HEADER.unpack(header)
         except struct.error:
             self.event_queue.put("Evt17")
             return
-        if pdu_type not in _PDU_TYPES:
+        if pdu_type not in KNOWN_PDU_TYPES:
             LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
             self.event_queue.put("Evt19")
             return
@@ -212,7 +167,7 @@ class EventDUL(DULServiceProvider):
                          "received)")
             self.event_queue.put("Evt17")
             return
-        if pdu_type == _P_DATA_TF and self._p_data_direct():
+        if pdu_type == P_DATA_TF and self._p_data_direct():
             values = p_data_values(body)
             if values is not None:
                 primitive = P_DATA()

@@ -1,6 +1,7 @@
 """DICOM Upper Layer wire helpers (PS3.8): PDU types, the provider's A-ABORT, reading a PDU under a
-deadline, the Command Field of a raw command set. Used by the listener's guard, which checks PDUs
-before pynetdicom reads them."""
+deadline, the PDVs of a P-DATA-TF, the Command Field and C-STORE-RQ fields of a raw command set, the
+C-STORE-RSP and Part 10 file meta written directly. Used by the listener's guard (which checks PDUs
+before pynetdicom reads them), the event-driven DUL and the listener's DIMSE provider."""
 
 from __future__ import annotations
 
@@ -15,6 +16,26 @@ KNOWN_PDU_TYPES = range(0x01, 0x08)
 ABORT_UNEXPECTED_PDU, ABORT_INVALID_PARAMETER = 0x02, 0x06
 C_STORE_RQ = 0x0001
 _COMMAND_FIELD = 0x00000100
+PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length (PS3.8 9.3.1)
+_ITEM_LENGTH = struct.Struct(">L")
+
+
+def p_data_values(body: bytes | bytearray) -> list[tuple[int, memoryview]] | None:
+    """The PDV items of a P-DATA-TF PDU body (PS3.8 9.3.5.1: 4-byte item length, presentation
+    context ID, then the PDV: message control header and fragment) as (context ID, PDV) with each
+    PDV a view into `body` (no copy); None when an item is malformed (pynetdicom's decoder then
+    rejects the PDU, Evt19)."""
+    items: list[tuple[int, memoryview]] = []
+    view, pos, end = memoryview(body), 0, len(body)
+    while pos < end:
+        if pos + 6 > end:
+            return None
+        (length,) = _ITEM_LENGTH.unpack_from(body, pos)
+        if length < 2 or pos + 4 + length > end:
+            return None
+        items.append((body[pos + 4], view[pos + 5:pos + 4 + length]))
+        pos += 4 + length
+    return items or None
 
 
 def a_abort(reason: int) -> bytes:
