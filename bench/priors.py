@@ -1,9 +1,10 @@
 """Fetching a prior study from the PACS: the node's C-FIND + C-MOVE (into its listener) and C-GET
 (through its ingest) against dcmtk's movescu -> storescp and getscu, same Orthanc, same study.
 
-Prints seconds for each and the ratio node / dcmtk. Usage: python -m bench.priors [--size wholebody]
-[--associations 2] [--runs 3] (series the node retrieves at once, each on its own association; dcmtk's tools
-retrieve the study over one).
+Prints seconds for each and the ratio node / dcmtk; for the C-MOVE also against a second Orthanc as
+the destination (a receiver that, like the node, syncs and indexes what it stores).
+Usage: python -m bench.priors [--size wholebody] [--associations 2] [--runs 3] (series the node
+retrieves at once, each on its own association; dcmtk's tools retrieve the study over one).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def main() -> int:
             storescp = subprocess.Popen(["storescp", "-aet", "REF", "-od", str(out), str(ref_port)], env=PEER_ENV,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_for(lambda: _listening(ref_port), 30, "storescp to listen")
-            times: dict[str, list[float]] = {"move": [], "ref_move": [], "get": [], "ref_get": []}
+            times: dict[str, list[float]] = {"move": [], "ref_move": [], "ref_move_durable": [], "get": [],
+                                             "ref_get": []}
             node_rss = 0.0
             for run_no in range(1, args.runs + 1):
                 if run_no > 1:
@@ -114,13 +116,29 @@ def main() -> int:
                                               "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
                                               "127.0.0.1", str(orthanc.dicom_port)]))
                 wait_for(lambda: len(list(out.iterdir())) == n_files, 60, "storescp to hold the study")
+                # A durable receiver for comparison: a second Orthanc (SyncStorageArea: it fsyncs
+                # what it stores, and indexes it), empty for each run.
+                dest = Orthanc(work / f"dest-{run_no}", aet="DEST", modalities={"src": [orthanc.aet, "127.0.0.1",
+                                                                                      orthanc.dicom_port]})
+                dest.start()
+                try:
+                    orthanc.put("/modalities/dest", {"AET": "DEST", "Host": "127.0.0.1", "Port": dest.dicom_port})
+                    times["ref_move_durable"].append(run([
+                        "movescu", "-S", "-aet", "BENCH", "-aec", orthanc.aet, "-aem", "DEST", "-k",
+                        "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}", "127.0.0.1",
+                        str(orthanc.dicom_port)]))
+                    held = len(dest.get("/instances"))
+                    assert held == n_files, held
+                finally:
+                    dest.stop()
                 ref_get_dir = work / f"getscu-{run_no}"
                 ref_get_dir.mkdir()
                 times["ref_get"].append(run(["getscu", "-S", "-aet", "BENCH", "-aec", orthanc.aet, "-od",
                                              str(ref_get_dir), "-k", "QueryRetrieveLevel=STUDY", "-k",
                                              f"StudyInstanceUID={uid}", "127.0.0.1", str(orthanc.dicom_port)]))
                 print(f"run {run_no}: C-MOVE node {times['move'][-1]:.2f} s, movescu -> storescp "
-                      f"{times['ref_move'][-1]:.2f} s; C-GET node {times['get'][-1]:.2f} s, getscu "
+                      f"{times['ref_move'][-1]:.2f} s, movescu -> Orthanc {times['ref_move_durable'][-1]:.2f} s; "
+                      f"C-GET node {times['get'][-1]:.2f} s, getscu "
                       f"{times['ref_get'][-1]:.2f} s", flush=True)
                 assert node.proc is not None
                 node_rss = max(node_rss, rss_peak_mb(node.proc.pid))
@@ -139,6 +157,9 @@ def main() -> int:
     print(f"  C-MOVE into the node    node {move_s:6.2f} s ({n_files / move_s:4.0f}/s)   movescu -> storescp "
           f"{ref_move_s:6.2f} s ({n_files / ref_move_s:4.0f}/s)   ratio {move_s / ref_move_s:.2f}   "
           f"node peak RSS {node_rss:.0f} MB")
+    durable_s = statistics.median(times["ref_move_durable"])
+    print(f"  C-MOVE, durable reference                          movescu -> Orthanc  {durable_s:6.2f} s "
+          f"({n_files / durable_s:4.0f}/s)   ratio {move_s / durable_s:.2f}")
     print(f"  C-GET through ingest    node {get_s:6.2f} s ({n_files / get_s:4.0f}/s)   getscu              "
           f"{ref_get_s:6.2f} s ({n_files / ref_get_s:4.0f}/s)   ratio {get_s / ref_get_s:.2f}   "
           f"peak RSS of the C-GET process {get_rss:.0f} MB")

@@ -176,11 +176,12 @@ class EventDUL(DULServiceProvider):
                 primitive._presentation_data_value_list = values  # type: ignore[assignment]  # noqa: SLF001
                 try:
                     self.assoc.dimse.receive_primitive(primitive)
-                except Exception as exc:  # noqa: BLE001 - as pynetdicom's state machine does with a failed action
+                except Exception as exc:  # as pynetdicom's state machine with a failed action: the reactor aborts
                     LOGGER.error("State Machine received an exception attempting to perform the action 'DT-2' "
                                  "while in state 'Sta6'")
                     LOGGER.exception(exc)
                     self.kill_dul()
+                    raise
                 return
         try:
             pdu, event = self._decode_pdu(bytearray(header) + body)
